@@ -1,0 +1,245 @@
+"""The local record of sessions: one sqlite3 file in the user's state dir.
+
+Several hpcnb processes may use it at once, so: WAL journal, a 10 s busy timeout, short
+transactions, BEGIN IMMEDIATE for every write (a deferred transaction that later upgrades to a write
+lock fails with SQLITE_BUSY without waiting: https://sqlite.org/lang_transaction.html). The schema
+version is PRAGMA user_version; MIGRATIONS[i] upgrades i -> i+1. The Jupyter token is never stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from hpcnb.errors import HpcnbError
+
+BUSY_TIMEOUT_S = 10.0
+
+# Mirrors JobState.is_final (schedulers/base.py); not imported, to keep this import cheap.
+FINAL_STATES = frozenset(
+    {"completed", "failed", "cancelled", "timeout", "out-of-memory", "node-fail", "preempted"}
+)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One submitted notebook job. `state` is a JobState value; `url_path` never holds the token."""
+
+    cluster: str
+    job_id: str
+    name: str | None
+    scheduler: str
+    partition: str | None
+    tunnel: str
+    submitted_at: float
+    state: str
+    node: str | None
+    time_left_s: int | None
+    updated_at: float
+    local_port: int | None = None
+    url_path: str | None = None
+    ended_at: float | None = None
+
+
+_COLUMNS = tuple(f.name for f in fields(SessionRecord))
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
+_KEY = " WHERE cluster = ? AND job_id = ?"
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 0 -> 1
+        """CREATE TABLE sessions (
+            cluster TEXT NOT NULL, job_id TEXT NOT NULL, name TEXT, scheduler TEXT NOT NULL,
+            partition TEXT, tunnel TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
+            node TEXT, time_left_s INTEGER, updated_at REAL NOT NULL, local_port INTEGER,
+            url_path TEXT, ended_at REAL, PRIMARY KEY (cluster, job_id))""",
+        # `list` is ORDER BY submitted_at DESC, rowid DESC: walk an index backwards, no sort step.
+        "CREATE INDEX sessions_submitted ON sessions (submitted_at)",
+        "CREATE INDEX sessions_cluster_submitted ON sessions (cluster, submitted_at)",
+        # Live jobs are few; `active_job_ids` and `list(include_ended=False)` read only this.
+        "CREATE INDEX sessions_active ON sessions (cluster, submitted_at) WHERE ended_at IS NULL",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create missing parents with mode 0700; leave existing directories as they are."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another hpcnb process made it first
+        d.chmod(0o700)  # mkdir's mode is masked by the umask
+
+
+class Store:
+    """Sessions keyed by (cluster, job_id). Use as a context manager or call close()."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        _make_private_dirs(self.path.parent)
+        try:
+            self.path.touch(mode=0o600, exist_ok=False)
+            self.path.chmod(0o600)  # sqlite gives the -wal and -shm files this file's mode
+        except FileExistsError:
+            pass  # an existing store keeps the mode its owner gave it
+        try:
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable across app crashes
+            self._migrate()
+        except sqlite3.Error as e:
+            self._db.close()
+            raise self._error(e) from e
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _error(self, e: sqlite3.Error) -> HpcnbError:
+        if isinstance(e, sqlite3.OperationalError):  # locked, permissions, disk full
+            return HpcnbError(f"session store {self.path}: {e}")
+        return HpcnbError(
+            f"session store {self.path} is damaged ({e})",
+            hint=f"move it aside, e.g. `mv {self.path} {self.path}.broken`, and hpcnb starts a new "
+            "one; running jobs are not affected, but hpcnb forgets them",
+        )
+
+    def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # read the version again under the write lock
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise HpcnbError(
+                    f"session store {self.path} has schema version {version}; this hpcnb knows "
+                    f"up to {SCHEMA_VERSION}",
+                    hint="upgrade hpcnb, or move the file aside to start a new one",
+                )
+            for steps in MIGRATIONS[version:]:
+                for sql in steps:
+                    self._db.execute(sql)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        """Run one statement in its own BEGIN IMMEDIATE transaction; return the rows changed."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._db.execute(sql, params).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return n
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def add(self, record: SessionRecord) -> None:
+        """Record a session. Same (cluster, job_id) replaces the old row (schedulers reuse ids)."""
+        if record.ended_at is None and record.state in FINAL_STATES:
+            record = replace(record, ended_at=record.updated_at)
+        marks = ", ".join("?" * len(_COLUMNS))
+        sql = f"INSERT OR REPLACE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({marks})"
+        self._write(sql, tuple(getattr(record, c) for c in _COLUMNS))
+
+    def get(self, cluster: str, job_id: str) -> SessionRecord | None:
+        rows = self._read(_SELECT + _KEY, (cluster, job_id))
+        return SessionRecord(*rows[0]) if rows else None
+
+    def update_status(
+        self,
+        cluster: str,
+        job_id: str,
+        *,
+        state: str,
+        node: str | None = None,
+        time_left_s: int | None = None,
+        ended_at: float | None = None,
+    ) -> bool:
+        """Store a fresh status; False if no such session.
+
+        node=None keeps the known node (a finished job no longer reports one); time_left_s is
+        always replaced. A final state sets ended_at (now unless given; the first end time wins);
+        a live state again (Slurm requeues preempted jobs under the same id) clears it.
+        """
+        now = time.time()
+        if ended_at is None and state in FINAL_STATES:
+            ended_at = now
+        sql = (
+            "UPDATE sessions SET state = ?, node = COALESCE(?, node), time_left_s = ?,"
+            " ended_at = CASE WHEN ? THEN NULL ELSE COALESCE(ended_at, ?) END, updated_at = ?"
+            + _KEY
+        )
+        live = state not in FINAL_STATES and state != "unknown"
+        params = (state, node, time_left_s, live, ended_at, now, cluster, job_id)
+        return self._write(sql, params) > 0
+
+    def set_local_port(
+        self, cluster: str, job_id: str, local_port: int | None, url_path: str | None = None
+    ) -> bool:
+        """Remember where the tunnel listens (url_path without the token); False if no session."""
+        if url_path is not None and "token=" in url_path.lower():
+            raise ValueError("url_path must not carry the Jupyter token")
+        sql = "UPDATE sessions SET local_port = ?, url_path = ?, updated_at = ?" + _KEY
+        return self._write(sql, (local_port, url_path, time.time(), cluster, job_id)) > 0
+
+    def list(
+        self, cluster: str | None = None, *, include_ended: bool = True, limit: int | None = None
+    ) -> list[SessionRecord]:
+        """Sessions, newest submission first."""
+        where, params = [], []
+        if cluster is not None:
+            where.append("cluster = ?")
+            params.append(cluster)
+        if not include_ended:
+            where.append("ended_at IS NULL")
+        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY submitted_at DESC, rowid DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return [SessionRecord(*row) for row in self._read(sql, tuple(params))]
+
+    def active_job_ids(self, cluster: str) -> list[str]:
+        """Job ids not known to have ended, oldest first: the ones to ask the scheduler about."""
+        rows = self._read(
+            "SELECT job_id FROM sessions WHERE cluster = ? AND ended_at IS NULL"
+            " ORDER BY submitted_at, rowid",
+            (cluster,),
+        )
+        return [r[0] for r in rows]
+
+    def forget(self, cluster: str, job_id: str) -> bool:
+        """Drop a session from the record (not from the scheduler); False if there was none."""
+        return self._write("DELETE FROM sessions" + _KEY, (cluster, job_id)) > 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
