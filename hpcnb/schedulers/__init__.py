@@ -1,0 +1,26 @@
+"""Schedulers: pure argv builders and output parsers, one small class per batch system."""
+
+from __future__ import annotations
+
+from hpcnb.schedulers.base import JobState, JobStatus, Scheduler
+from hpcnb.schedulers.local import LocalScheduler
+from hpcnb.schedulers.pbs import PBSScheduler
+from hpcnb.schedulers.slurm import SlurmScheduler
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "slurm": SlurmScheduler,
+    "pbs": PBSScheduler,
+    "local": LocalScheduler,
+}
+
+
+def get_scheduler(name: str) -> Scheduler:
+    """The scheduler called `name` ("slurm", "pbs", "local"). ValueError for anything else."""
+    try:
+        return SCHEDULERS[name]()
+    except KeyError:
+        known = ", ".join(sorted(SCHEDULERS))
+        raise ValueError(f"unknown scheduler {name!r} (known: {known})") from None
+
+
+__all__ = ["SCHEDULERS", "JobState", "JobStatus", "Scheduler", "get_scheduler"]

@@ -1,0 +1,155 @@
+"""Scheduler-neutral job states and the interface every scheduler class implements.
+
+Pure: no I/O. A scheduler builds argv lists and parses the text those commands print;
+session.py runs them through a Remote. Shape borrowed from psij-python's executors
+(builders + parsers + a documented state map) and dask-jobqueue (one small class each).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """A job's state, the same words for every scheduler (values are lower-case)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out-of-memory"
+    NODE_FAIL = "node-fail"
+    PREEMPTED = "preempted"
+    HELD = "held"
+    SUSPENDED = "suspended"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        """The job has ended and will not run again (as this job id)."""
+        return self in _FINAL
+
+    @property
+    def is_active(self) -> bool:
+        """The job is queued or running: it still holds (or will hold) an allocation."""
+        return self in _ACTIVE
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({
+    JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT,
+    JobState.OUT_OF_MEMORY, JobState.NODE_FAIL, JobState.PREEMPTED,
+})
+_ACTIVE = frozenset({
+    JobState.PENDING, JobState.RUNNING, JobState.COMPLETING, JobState.HELD, JobState.SUSPENDED,
+})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job as the scheduler reports it. `raw_state` is the scheduler's own word."""
+
+    job_id: str
+    state: JobState
+    raw_state: str
+    name: str | None = None
+    partition: str | None = None
+    node: str | None = None
+    reason: str | None = None
+    time_left_s: int | None = None
+    expected_start: str | None = None
+    exit_code: str | None = None
+
+
+class Scheduler(ABC):
+    """Argv builders and output parsers for one batch system. Stateless; safe to share."""
+
+    name: str
+    template: str
+    job_id_var: str
+
+    @abstractmethod
+    def submit_argv(self) -> list[str]:
+        """The submit command; the rendered job script is given on its stdin."""
+
+    @abstractmethod
+    def parse_job_id(self, stdout: str) -> str:
+        """The job id from the submit command's stdout. Raises ValueError on anything else."""
+
+    @abstractmethod
+    def status_argv(self, job_ids: Sequence[str], user: str | None) -> list[str]:
+        """ONE query for all of `job_ids` (or all of `user`'s jobs when job_ids is empty)."""
+
+    @abstractmethod
+    def parse_status(self, stdout: str) -> dict[str, JobStatus]:
+        """Jobs the status command printed, by id. Jobs it did not print are simply absent."""
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        """A query for jobs that have left the queue (sacct, qstat -x); None if there is none."""
+        return None
+
+    def parse_history(self, stdout: str) -> dict[str, JobStatus]:
+        """Jobs the history command printed, by id."""
+        return {}
+
+    def history_unsupported(self, stderr: str, exit_status: int) -> bool:
+        """The history command failed because this site cannot answer it at all.
+
+        (accounting disabled, a qstat without -x): treat every job as "no record", not as an error.
+        """
+        return False
+
+    @abstractmethod
+    def cancel_argv(self, job_id: str) -> list[str]:
+        """The command that cancels one job."""
+
+    @abstractmethod
+    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
+        """The command failed because the controller/server did not answer: state is UNKNOWN."""
+
+    @abstractmethod
+    def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
+        """The command failed only because (all) the asked-for job ids are unknown."""
+
+    def start_estimate_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        """A query for pending jobs' expected start times (parsed by parse_status); None if none."""
+        return None
+
+
+# ---- small helpers shared by the parsers -------------------------------------------------------
+
+_DURATION = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
+
+
+def parse_duration(text: str) -> int | None:
+    """'D-HH:MM:SS', 'HH:MM:SS', 'MM:SS' (Slurm and PBS) -> seconds; None for anything else.
+
+    Slurm's time formats are in squeue(1) "%L" and sbatch(1) "--time"; PBS walltime is
+    [[HH:]MM:]SS per pbs_resources(7B). A bare number of seconds is accepted too (PBS).
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not m:
+        return None
+    days, hours = int(m["d"] or 0), int(m["h"] or 0)
+    return ((days * 24 + hours) * 60 + int(m["m"])) * 60 + int(m["s"])
+
+
+def check_ids(job_ids: Sequence[str]) -> list[str]:
+    """Job ids are passed as argv words; refuse anything that could be read as an option."""
+    ids = [str(j).strip() for j in job_ids]
+    for j in ids:
+        if not j or j.startswith("-") or any(c.isspace() or c == "," for c in j):
+            raise ValueError(f"not a job id: {j!r}")
+    return ids
