@@ -1,0 +1,227 @@
+"""PBS Pro / OpenPBS / Torque via qsub, qstat -f, qdel (pure). Also the commands of Slurm's
+slurm-wlm-torque wrappers (perl scripts in /usr/bin), which the testbed uses.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, parse_duration
+from hpcnb.schedulers.slurm import CONTROLLER_DOWN as SLURM_CONTROLLER_DOWN
+
+# job_state letters: qstat(1B) and the PBS Professional Reference Guide, "Job States";
+# C is Torque's (also printed by Slurm's torque wrapper for every ended job).
+STATE_MAP: dict[str, JobState] = {
+    "B": JobState.RUNNING,      # array job: at least one subjob has started
+    "E": JobState.COMPLETING,   # exiting after having run
+    "F": JobState.COMPLETED,    # finished (history, qstat -x); refined by exit status below
+    "H": JobState.HELD,
+    "M": JobState.UNKNOWN,      # moved to another server: not ours to follow
+    "Q": JobState.PENDING,
+    "R": JobState.RUNNING,
+    "S": JobState.SUSPENDED,
+    "T": JobState.PENDING,      # being moved to a new location
+    "U": JobState.SUSPENDED,    # suspended because the workstation became busy
+    "W": JobState.PENDING,      # waiting for its submitter-assigned start time (qsub -a)
+    "X": JobState.COMPLETED,    # subjob finished (expired)
+    "C": JobState.COMPLETED,    # Torque: completed after having run
+}
+_ENDED = frozenset("FXC")
+
+# PBS Pro job.h: history substates and JOB_EXEC_* exit codes of jobs the server/MoM ended.
+SUBSTATE_TERMINATED, SUBSTATE_FAILED = "91", "93"   # 91: deleted by qdel
+EXIT_KILL_MEM, EXIT_KILL_WALLTIME = "-27", "-29"
+EXIT_SIGTERM = "271"   # 256 + SIGTERM: what a running job deleted with qdel reports
+
+CONTROLLER_DOWN = (
+    "cannot connect to server",           # PBS Pro / Torque: "qstat: cannot connect to server X"
+    "cannot connect to default server",   # Torque
+    "communication failure",
+    "pbs_iff: cannot connect",
+    "problem loading jobs",   # slurm-wlm-torque qstat: dies with this when load_jobs fails
+    *SLURM_CONTROLLER_DOWN,   # the wrappers pass Slurm's own errors through
+)
+UNKNOWN_JOB = (
+    "unknown job id",         # PBS Pro "qstat: Unknown Job Id 12.srv"; Torque "... Id Error"
+    "job has finished",       # PBS Pro >= 13 without -x: "Job has finished, use -x or -H ..."
+    "invalid job id",         # Slurm's text through the wrappers
+)
+# PBS exits 153 (PBSE_UNKJOBID 15001 & 0xff) for unknown ids; Slurm's qstat wrapper does too,
+# silently: `$rc = 153; # if we don't find what we are looking for` (/usr/bin/qstat).
+EXIT_UNKNOWN_JOB = 153
+
+_JOB_ID_RE = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?$")
+_ATTR_RE = re.compile(r"^(?P<indent>\s+)(?P<key>[A-Za-z_][\w.]*) = ?(?P<value>.*)$")
+
+# One argv that works with all three qsubs. PBS Pro's qsub refuses a script that is not a regular
+# file ("qsub: script not a file"), so /dev/stdin (a pipe over SSH) fails there; Slurm's wrapper
+# needs a script argument and passes "-" to sbatch, which then says "Unable to open file -".
+# So: copy stdin to a private temp file, submit that, remove it (all three copy the script at
+# submit time). umask 077 keeps the script (it holds the user's settings) private.
+_SUBMIT_SH = (
+    'umask 077; f=$(mktemp "${TMPDIR:-/tmp}/hpcnb-job.XXXXXX") || exit 1; '
+    'trap \'rm -f "$f"\' EXIT; cat >"$f" || exit 1; qsub "$f"'
+)
+
+
+def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
+    """`qstat -f` blocks -> {job id: {attribute: value}}.
+
+    PBS Pro and Torque indent attributes with 4 spaces and continue long values on lines that
+    start with a tab; Slurm's wrapper indents attributes with a tab and never wraps. Torque's
+    `qstat -f -x` prints XML instead, which is handled too.
+    """
+    if text.lstrip().startswith("<"):
+        return _parse_qstat_xml(text)
+    jobs: dict[str, dict[str, str]] = {}
+    blocks = re.split(r"^(?=Job Id:)", text, flags=re.MULTILINE)
+    for block in blocks:
+        lines = block.splitlines()
+        if not lines or not lines[0].startswith("Job Id:"):
+            continue
+        job_id = lines[0].split(":", 1)[1].strip()
+        spaced = any(ln.startswith("    ") for ln in lines[1:])
+        attrs: dict[str, str] = {}
+        last: str | None = None
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            m = _ATTR_RE.match(line)
+            continuation = line.startswith("\t") and spaced
+            if m and not continuation:
+                last = m["key"]
+                attrs[last] = m["value"].strip()
+            elif last is not None:
+                attrs[last] += line.strip()   # wrapped value: PBS breaks it after a comma
+        jobs[job_id] = attrs
+    return jobs
+
+
+def _parse_qstat_xml(text: str) -> dict[str, dict[str, str]]:
+    """Torque `qstat -f -x`: <Data><Job><Job_Id>..</Job_Id><Resource_List><walltime>.."""
+    jobs: dict[str, dict[str, str]] = {}
+    try:
+        root = ET.fromstring(text.strip())
+    except ET.ParseError:
+        return jobs
+    for job in root.iter("Job"):
+        attrs: dict[str, str] = {}
+        for child in job:
+            if len(child):
+                for sub in child:
+                    attrs[f"{child.tag}.{sub.tag}"] = (sub.text or "").strip()
+            else:
+                attrs[child.tag] = (child.text or "").strip()
+        job_id = attrs.pop("Job_Id", "")
+        if job_id:
+            jobs[job_id] = attrs
+    return jobs
+
+
+def first_exec_host(exec_host: str | None) -> str | None:
+    """'node01/0*2+node02/0' (PBS Pro), 'node01/0-1+node02/0' (Torque) -> 'node01'."""
+    if not exec_host or exec_host.strip() in {"", "--"}:
+        return None
+    return exec_host.strip().split("+", 1)[0].split("/", 1)[0] or None
+
+
+def _time_left(attrs: dict[str, str], state: JobState) -> int | None:
+    remaining = attrs.get("Walltime.Remaining")   # Torque prints it (seconds) for running jobs
+    if remaining is not None:
+        return parse_duration(remaining)
+    limit = parse_duration(attrs.get("Resource_List.walltime", ""))
+    if limit is None or state.is_final:
+        return None
+    used = parse_duration(attrs.get("resources_used.walltime", ""))
+    if used is None:
+        # Slurm's wrapper prints no resources_used: we cannot tell for a started job.
+        return limit if state in {JobState.PENDING, JobState.HELD} else None
+    return max(limit - used, 0)
+
+
+def _ended_state(attrs: dict[str, str]) -> JobState:
+    """Refine F/X/C by how the job ended (PBS Pro substate / Exit_status; Torque exit_status)."""
+    code = attrs.get("Exit_status", attrs.get("exit_status"))
+    substate = attrs.get("substate")
+    limit = parse_duration(attrs.get("Resource_List.walltime", ""))
+    used = parse_duration(attrs.get("resources_used.walltime", ""))
+    if substate == SUBSTATE_TERMINATED or code == EXIT_SIGTERM:
+        return JobState.CANCELLED
+    if code == EXIT_KILL_WALLTIME or (code not in (None, "0") and limit and used and used >= limit):
+        return JobState.TIMEOUT
+    if code == EXIT_KILL_MEM:
+        return JobState.OUT_OF_MEMORY
+    if substate == SUBSTATE_FAILED or code not in (None, "0"):
+        return JobState.FAILED
+    # Exit 0, or no exit status at all (Slurm's wrapper prints C for every ended job).
+    return JobState.COMPLETED
+
+
+def status_from_attrs(job_id: str, attrs: dict[str, str]) -> JobStatus:
+    raw = attrs.get("job_state", "").strip()
+    state = STATE_MAP.get(raw, JobState.UNKNOWN)
+    if raw in _ENDED:
+        state = _ended_state(attrs)
+    return JobStatus(
+        job_id=job_id, state=state, raw_state=raw, name=attrs.get("Job_Name") or None,
+        partition=attrs.get("queue") or None, node=first_exec_host(attrs.get("exec_host")),
+        reason=attrs.get("comment") or None, time_left_s=_time_left(attrs, state),
+        expected_start=attrs.get("estimated.start_time") if state is JobState.PENDING else None,
+        exit_code=attrs.get("Exit_status", attrs.get("exit_status")),
+    )
+
+
+class PBSScheduler(Scheduler):
+    """PBS Pro, OpenPBS, Torque, and Slurm's torque wrappers."""
+
+    name = "pbs"
+    template = "pbs.sh.j2"
+    job_id_var = "${PBS_JOBID:-${SLURM_JOB_ID}}"
+
+    def submit_argv(self) -> list[str]:
+        return ["sh", "-c", _SUBMIT_SH]
+
+    def parse_job_id(self, stdout: str) -> str:
+        # qsub prints the id as the last line: "1234.server" (PBS), "1234" (Slurm's wrapper).
+        # The wrapper prints an error text to stdout on failure, which does not match.
+        lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
+        if not lines or not _JOB_ID_RE.match(lines[-1]):
+            raise ValueError(f"qsub printed no job id: {stdout.strip()[:200]!r}")
+        return lines[-1]
+
+    def status_argv(self, job_ids: Sequence[str], user: str | None) -> list[str]:
+        # Not `-u user`: Slurm's wrapper switches to the one-line format when -u is given.
+        # Without ids qstat -f lists every job the server shows us; callers filter.
+        return ["qstat", "-f", *check_ids(job_ids)]
+
+    def parse_status(self, stdout: str) -> dict[str, JobStatus]:
+        return {j: status_from_attrs(j, a) for j, a in parse_qstat_full(stdout).items()}
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        ids = check_ids(job_ids)
+        # PBS Pro: -x includes finished (F) jobs, -f the full record. On Torque -x means XML
+        # (handled by the parser); Slurm's wrapper has no -x ("Unknown option: x", exit 2):
+        # see history_unsupported.
+        return ["qstat", "-x", "-f", *ids] if ids else None
+
+    def parse_history(self, stdout: str) -> dict[str, JobStatus]:
+        return self.parse_status(stdout)
+
+    def history_unsupported(self, stderr: str, exit_status: int) -> bool:
+        text = stderr.lower()
+        return exit_status != 0 and ("unknown option: x" in text or "invalid option" in text)
+
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["qdel", check_ids([job_id])[0]]
+
+    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
+        text = result_stderr.lower()
+        return exit_status != 0 and any(s in text for s in CONTROLLER_DOWN)
+
+    def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
+        text = stderr.lower()
+        if any(s in text for s in UNKNOWN_JOB):
+            return True
+        return exit_status == EXIT_UNKNOWN_JOB and not text.strip()

@@ -1,0 +1,202 @@
+"""Slurm: sbatch / squeue / sacct / scancel argv builders and parsers (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, parse_duration
+
+# squeue(1) and sacct(1) "JOB STATE CODES" (long names, as %T / State print them).
+# https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES
+# Anything not listed (a newer Slurm's new state) maps to UNKNOWN.
+STATE_MAP: dict[str, JobState] = {
+    "BOOT_FAIL": JobState.NODE_FAIL,      # launch failure, typically hardware
+    "CANCELLED": JobState.CANCELLED,      # sacct prints "CANCELLED by <uid>"
+    "COMPLETED": JobState.COMPLETED,
+    "CONFIGURING": JobState.PENDING,      # allocated, nodes still booting: nothing runs yet
+    "COMPLETING": JobState.COMPLETING,
+    "DEADLINE": JobState.TIMEOUT,         # terminated on --deadline
+    "FAILED": JobState.FAILED,
+    "NODE_FAIL": JobState.NODE_FAIL,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "PENDING": JobState.PENDING,
+    "PREEMPTED": JobState.PREEMPTED,
+    "RUNNING": JobState.RUNNING,
+    "RESV_DEL_HOLD": JobState.HELD,
+    "REQUEUE_FED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.HELD,
+    "REQUEUED": JobState.PENDING,
+    "RESIZING": JobState.RUNNING,
+    "REVOKED": JobState.CANCELLED,        # federation: a sibling started elsewhere
+    "SIGNALING": JobState.RUNNING,
+    "SPECIAL_EXIT": JobState.FAILED,      # requeued-held after a special exit value
+    "STAGE_OUT": JobState.COMPLETING,
+    "STOPPED": JobState.SUSPENDED,
+    "SUSPENDED": JobState.SUSPENDED,
+    "TIMEOUT": JobState.TIMEOUT,
+}
+
+# squeue --format fields (squeue(1) "-o <output_format>"), joined by '|'. No width is given, so
+# no field is truncated. The job name is the only free text (it may contain '|'), so it goes
+# LAST and the line is split with maxsplit.
+#   %i job id   %T state (long)   %P partition   %N nodes   %L time left   %r reason
+#   %S start time (actual, or expected for pending)   %j name
+SQUEUE_FIELDS = ("%i", "%T", "%P", "%N", "%L", "%r", "%S", "%j")
+SQUEUE_FORMAT = "|".join(SQUEUE_FIELDS)
+
+# sacct --parsable2 separates with '|' and never truncates; JobName last for the same reason.
+SACCT_FIELDS = ("JobID", "State", "Partition", "NodeList", "ExitCode", "Reason", "JobName")
+
+# Texts Slurm's commands print when slurmctld does not answer (src/common/slurm_errno.c).
+# Captured: "slurm_load_jobs error: Unable to contact slurm controller (connect failure)".
+CONTROLLER_DOWN = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "slurm controller not responding",
+    "connection refused",
+    "connection timed out",
+    "zero bytes were transmitted or received",
+    "communication connection failure",
+    "slurm backup controller in standby mode",
+)
+
+# squeue -j with only unknown ids: "slurm_load_jobs error: Invalid job id specified", exit 1.
+# scancel: "scancel: error: Kill job error on job id 9: Invalid job id specified".
+UNKNOWN_JOB = ("invalid job id specified", "invalid job id")
+
+_NO_VALUE = {"", "(null)", "N/A", "None", "NONE", "None assigned", "Unknown", "n/a"}
+
+
+def _value(text: str) -> str | None:
+    text = text.strip()
+    return None if text in _NO_VALUE else text
+
+
+def first_host(hostlist: str) -> str | None:
+    """First host of a Slurm hostlist: 'node[01-03,07],gpu1' -> 'node01'; '(null)' -> None."""
+    text = _value(hostlist)
+    if text is None:
+        return None
+    m = re.match(r"^([^,\[]*)(?:\[([^\]]*)\])?([^,]*)", text)
+    if not m:
+        return None
+    prefix, ranges, suffix = m.groups()
+    if ranges:
+        prefix += re.split(r"[,-]", ranges, maxsplit=1)[0]
+    return (prefix + suffix) or None
+
+
+def time_left(text: str) -> int | None:
+    """squeue %L: 'UNLIMITED', 'NOT_SET', 'INVALID' -> None; 'D-HH:MM:SS' etc. -> seconds."""
+    return parse_duration(text)
+
+
+def map_state(raw: str) -> JobState:
+    """'CANCELLED by 1000' -> CANCELLED; a state with a '+' flag suffix is stripped too."""
+    word = raw.strip().split(" ", 1)[0].rstrip("+")
+    return STATE_MAP.get(word, JobState.UNKNOWN)
+
+
+class SlurmScheduler(Scheduler):
+    """Slurm via sbatch/squeue/sacct/scancel (tested with 22.05 output and the man pages)."""
+
+    name = "slurm"
+    template = "slurm.sh.j2"
+    job_id_var = "${SLURM_JOB_ID}"
+
+    def submit_argv(self) -> list[str]:
+        # sbatch(1): "If no file name is specified, sbatch will read in a script from standard
+        # input." Note `sbatch -` does NOT mean stdin ("Unable to open file -").
+        return ["sbatch", "--parsable"]
+
+    def parse_job_id(self, stdout: str) -> str:
+        # --parsable: "jobid[;cluster_name]" (sbatch(1)). Warnings go to stderr.
+        lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
+        if not lines:
+            raise ValueError("sbatch printed no job id")
+        job_id = lines[-1].split(";", 1)[0]
+        if not re.fullmatch(r"\d+", job_id):
+            raise ValueError(f"sbatch printed no job id: {lines[-1]!r}")
+        return job_id
+
+    def _squeue(self, job_ids: Sequence[str], user: str | None) -> list[str]:
+        argv = ["squeue", "--noheader", f"--format={SQUEUE_FORMAT}"]
+        ids = check_ids(job_ids)
+        if ids:
+            argv.append("--jobs=" + ",".join(ids))
+        if user:
+            argv.append(f"--user={user}")
+        elif not ids:
+            argv.append("--me")
+        return argv
+
+    def status_argv(self, job_ids: Sequence[str], user: str | None) -> list[str]:
+        # --states=all: by default squeue hides jobs that just ended (still in slurmctld memory
+        # for MinJobAge seconds); with it we see COMPLETED/FAILED/TIMEOUT before sacct must.
+        return [*self._squeue(job_ids, user), "--states=all"]
+
+    def start_estimate_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        # squeue(1) --start: expected start of pending jobs; our --format replaces its default
+        # and %S then carries the estimate. Parsed by parse_status.
+        if not job_ids:
+            return None
+        return [*self._squeue(job_ids, None), "--start"]
+
+    def parse_status(self, stdout: str) -> dict[str, JobStatus]:
+        jobs: dict[str, JobStatus] = {}
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            parts = line.split("|", len(SQUEUE_FIELDS) - 1)
+            if len(parts) != len(SQUEUE_FIELDS):
+                continue   # not our format (a warning line); never guess
+            job_id, raw, partition, nodes, left, reason, start, name = (p.strip() for p in parts)
+            state = map_state(raw)
+            jobs[job_id] = JobStatus(
+                job_id=job_id, state=state, raw_state=raw, name=name or None,
+                partition=_value(partition), node=first_host(nodes),
+                reason=_value(reason), time_left_s=time_left(left),
+                expected_start=_value(start) if state is JobState.PENDING else None,
+            )
+        return jobs
+
+    def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        ids = check_ids(job_ids)
+        if not ids:
+            return None
+        # --allocations: one line per job, not per step. sacct(1) "DEFAULT TIME WINDOW": with
+        # --jobs the window is unbounded, so old jobs are found too.
+        return ["sacct", "--noheader", "--parsable2", "--allocations",
+                "--jobs=" + ",".join(ids), "--format=" + ",".join(SACCT_FIELDS)]
+
+    def parse_history(self, stdout: str) -> dict[str, JobStatus]:
+        jobs: dict[str, JobStatus] = {}
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            parts = line.split("|", len(SACCT_FIELDS) - 1)
+            if len(parts) != len(SACCT_FIELDS):
+                continue
+            job_id, raw, partition, nodes, exit_code, reason, name = (p.strip() for p in parts)
+            jobs[job_id] = JobStatus(
+                job_id=job_id, state=map_state(raw), raw_state=raw, name=name or None,
+                partition=_value(partition), node=first_host(nodes), reason=_value(reason),
+                exit_code=_value(exit_code),
+            )
+        return jobs
+
+    def history_unsupported(self, stderr: str, exit_status: int) -> bool:
+        # Captured from sacct 22.05 on a cluster without slurmdbd (AccountingStorageType=none).
+        return exit_status != 0 and "accounting storage is disabled" in stderr.lower()
+
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["scancel", check_ids([job_id])[0]]
+
+    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
+        text = result_stderr.lower()
+        return exit_status != 0 and any(s in text for s in CONTROLLER_DOWN)
+
+    def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
+        text = stderr.lower()
+        return any(s in text for s in UNKNOWN_JOB)
