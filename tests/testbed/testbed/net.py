@@ -1,0 +1,104 @@
+"""Network namespaces and veth links: laptop <-> login1 <-> (bridge) <-> node01, node02."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .proc import sh
+from .topology import (
+    HOSTS,
+    LAPTOP_ADDR,
+    LAPTOP_IF,
+    LOGIN,
+    LOGIN_INNER_ADDR,
+    NODES,
+    TESTBED_NET,
+    Host,
+)
+
+
+def namespace_exists(host: Host) -> bool:
+    return Path(f"/run/netns/{host.name}").exists()
+
+
+def link_exists(name: str, ns: str | None = None) -> bool:
+    argv = ["ip", *(["-n", ns] if ns else []), "link", "show", name]
+    return sh(argv, check=False).returncode == 0
+
+
+def hosts_file(host: Host) -> Path:
+    return Path("/etc/netns") / host.name / "hosts"
+
+
+def up() -> None:
+    names = "".join(f"{h.addr}\t{h.name}\n" for h in HOSTS)
+    for host in HOSTS:
+        hosts_file(host).parent.mkdir(parents=True, exist_ok=True)
+        hosts_file(host).write_text(f"127.0.0.1\tlocalhost\n{names}")
+        if not namespace_exists(host):
+            sh(["ip", "netns", "add", host.name])
+        sh(["ip", "-n", host.name, "link", "set", "lo", "up"])
+        # Hosts never route for others: the laptop must not reach the nodes through login1.
+        sh(["ip", "netns", "exec", host.name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+
+    # The laptop side gets no route into the cluster: an "unreachable" route for the whole testbed
+    # range, so a packet to a node fails at once here and never leaves through the default route.
+    sh(["ip", "route", "replace", "unreachable", TESTBED_NET])
+    if not link_exists(LAPTOP_IF):
+        sh(["ip", "link", "add", LAPTOP_IF, "type", "veth", "peer", "name", "eth0",
+            "netns", LOGIN.name])
+        sh(["ip", "addr", "add", f"{LAPTOP_ADDR}/30", "dev", LAPTOP_IF])
+        sh(["ip", "-n", LOGIN.name, "addr", "add", f"{LOGIN.addr}/30", "dev", "eth0"])
+    sh(["ip", "link", "set", LAPTOP_IF, "up"])
+    sh(["ip", "-n", LOGIN.name, "link", "set", "eth0", "up"])
+
+    if not link_exists("br0", LOGIN.name):
+        sh(["ip", "-n", LOGIN.name, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", LOGIN.name, "addr", "add", f"{LOGIN_INNER_ADDR}/24", "dev", "br0"])
+    sh(["ip", "-n", LOGIN.name, "link", "set", "br0", "up"])
+
+    for node in NODES:
+        port = f"v-{node.name}"
+        if not link_exists(port, LOGIN.name):
+            sh(["ip", "-n", LOGIN.name, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                "netns", node.name])
+            sh(["ip", "-n", node.name, "addr", "add", f"{node.addr}/24", "dev", "eth0"])
+        sh(["ip", "-n", LOGIN.name, "link", "set", port, "master", "br0", "up"])
+        sh(["ip", "-n", node.name, "link", "set", "eth0", "up"])
+        # Nodes reach all of login1's addresses through it; login1 forwards nothing further.
+        sh(["ip", "-n", node.name, "route", "replace", "default", "via", LOGIN_INNER_ADDR])
+
+
+def down() -> None:
+    # Deleting a namespace deletes the veth ends inside it, and with them their peers.
+    for host in HOSTS:
+        if namespace_exists(host):
+            sh(["ip", "netns", "del", host.name], check=False)
+        if hosts_file(host).exists():
+            hosts_file(host).unlink()
+            hosts_file(host).parent.rmdir()
+    if link_exists(LAPTOP_IF):
+        sh(["ip", "link", "del", LAPTOP_IF], check=False)
+    if unreachable_route_present():
+        sh(["ip", "route", "del", "unreachable", TESTBED_NET], check=False)
+
+
+def unreachable_route_present() -> bool:
+    return TESTBED_NET in sh(["ip", "route", "show", "type", "unreachable"], check=False).stdout
+
+
+def pids_in(host: Host) -> list[int]:
+    if not namespace_exists(host):
+        return []
+    out = sh(["ip", "netns", "pids", host.name], check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def leftovers() -> list[str]:
+    """What of the network part is still there (for `status` and for the teardown test)."""
+    found = [f"namespace {h.name}" for h in HOSTS if namespace_exists(h)]
+    if link_exists(LAPTOP_IF):
+        found.append(f"link {LAPTOP_IF}")
+    if unreachable_route_present():
+        found.append(f"route {TESTBED_NET}")
+    return found

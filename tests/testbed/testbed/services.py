@@ -1,0 +1,132 @@
+"""The daemons: munge, MariaDB + slurmdbd, slurmctld on login1, slurmd on the nodes, sshd everywhere."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+from pathlib import Path
+
+from . import conffiles
+from .accounts import host_key
+from .proc import TestbedError, in_host, read_pid, sh, start_daemon, wait_for
+from .topology import LOG, LOGIN, MYSQL_DATA, NODES, SLURM_CONF, Host
+
+MYSQL_SOCKET = Path("/run/mysqld/mysqld.sock")
+
+
+def slurm_env() -> dict[str, str]:
+    return {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
+
+
+def start_munge() -> None:
+    """munged is shared by all hosts through its socket on the shared file system."""
+    if sh(["sh", "-c", "munge -n | unmunge"], check=False).returncode == 0:
+        return
+    run_dir = Path("/run/munge")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    munge = pwd.getpwnam("munge")
+    os.chown(run_dir, munge.pw_uid, munge.pw_gid)
+    if not Path("/etc/munge/munge.key").exists():
+        sh(["mungekey", "--create"])
+        os.chown("/etc/munge/munge.key", munge.pw_uid, munge.pw_gid)
+    start_daemon("munged", ["runuser", "-u", "munge", "--", "munged", "--foreground", "--force"])
+    wait_for("munged", lambda: sh(["sh", "-c", "munge -n | unmunge"], check=False).returncode == 0)
+
+
+def start_mariadb() -> None:
+    if read_pid("mariadb"):
+        return
+    if not (MYSQL_DATA / "mysql").exists():
+        MYSQL_DATA.mkdir(parents=True, exist_ok=True)
+        shutil.chown(MYSQL_DATA, "mysql", "mysql")
+        sh(["mariadb-install-db", "--user=mysql", f"--datadir={MYSQL_DATA}", "--skip-test-db",
+            "--auth-root-authentication-method=socket"], timeout=120)
+    MYSQL_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(MYSQL_SOCKET.parent, "mysql", "mysql")
+    start_daemon("mariadb", in_host(LOGIN, [
+        "mariadbd", "--user=mysql", f"--datadir={MYSQL_DATA}", f"--socket={MYSQL_SOCKET}",
+        "--skip-networking", f"--log-error={LOG}/mariadb.log", "--innodb-buffer-pool-size=32M",
+    ]))
+    wait_for("mariadb socket", MYSQL_SOCKET.exists, timeout=60)
+
+
+def start_slurmdbd() -> None:
+    start_daemon("slurmdbd", in_host(LOGIN, ["slurmdbd", "-D"]),
+                 env=slurm_env())
+
+    def registered() -> bool:
+        out = sh(["nsenter", f"--net=/run/netns/{LOGIN.name}", "sacctmgr", "-n", "-P", "list",
+                  "cluster", "format=cluster"], check=False, env=slurm_env())
+        if out.returncode != 0:
+            return False
+        if "hpcnbtb" not in out.stdout.split():
+            sh(["nsenter", f"--net=/run/netns/{LOGIN.name}", "sacctmgr", "-i", "add", "cluster",
+                "hpcnbtb"], check=False, env=slurm_env())
+            return False
+        return True
+
+    wait_for("slurmdbd and the cluster's record", registered, timeout=60, interval=0.5)
+
+
+def start_slurm() -> None:
+    start_daemon("slurmctld", in_host(LOGIN, ["slurmctld", "-D", "-i"]), env=slurm_env())
+    for node in NODES:
+        start_daemon(f"slurmd-{node.name}", in_host(node, ["slurmd", "-D", "-N", node.name]),
+                     env=slurm_env())
+
+    def nodes_idle() -> bool:
+        out = sh(["nsenter", f"--net=/run/netns/{LOGIN.name}", "sinfo", "-h", "-N", "-o", "%N %t"],
+                 check=False, env=slurm_env())
+        states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+        return all(states.get(n.name, "").rstrip("*") in {"idle", "mix", "alloc"} for n in NODES)
+
+    wait_for("node01 and node02 idle in sinfo", nodes_idle, timeout=60, interval=0.3)
+
+
+def start_sshd(host: Host) -> None:
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    conf = conffiles.sshd_conf_path(host)
+    sh(["/usr/sbin/sshd", "-t", "-f", str(conf)])
+    # `ip netns exec` (unlike nsenter) bind-mounts /etc/netns/NAME/hosts over /etc/hosts, so
+    # sessions on the host resolve the testbed's names, as on a cluster (the torque wrappers need it).
+    start_daemon(f"sshd-{host.name}", [
+        "ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c",
+        f'hostname {host.name} && exec "$@"', "sh",
+        "/usr/sbin/sshd", "-D", "-f", str(conf), "-E", str(LOG / f"sshd-{host.name}.log")])
+
+
+def wait_for_sshd(host: Host) -> None:
+    def answers() -> bool:
+        argv = ["nsenter", f"--net=/run/netns/{host.name}", "python3", "-c",
+                "import socket,sys; s=socket.create_connection((sys.argv[1],22),1);"
+                "sys.exit(0 if s.recv(4)==b'SSH-' else 1)", host.addr]
+        return sh(argv, check=False).returncode == 0
+
+    wait_for(f"sshd on {host.name}", answers, timeout=30)
+
+
+def start_all() -> None:
+    conffiles.write_all(host_key)
+    start_munge()
+    start_mariadb()
+    start_slurmdbd()
+    start_slurm()
+    for host in (LOGIN, *NODES):
+        start_sshd(host)
+    for host in (LOGIN, *NODES):
+        wait_for_sshd(host)
+
+
+def laptop_reaches_login() -> bool:
+    try:
+        with socket.create_connection((LOGIN.addr, 22), timeout=2) as s:
+            return s.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
+def check_laptop_view() -> None:
+    if not laptop_reaches_login():
+        raise TestbedError(f"the laptop side cannot reach login1's sshd at {LOGIN.addr}:22")
