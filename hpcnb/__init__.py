@@ -1,0 +1,3 @@
+"""hpcnb: Jupyter on an HPC compute node in one command."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""Errors that carry their evidence, and the exit code each maps to.
+
+Library code raises these; only the CLI turns them into one line on stderr and an exit code.
+Nothing below cli.py calls sys.exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class HpcnbError(Exception):
+    """Base of every error hpcnb reports to the user. `exit_code` is the process exit status."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ConfigError(HpcnbError):
+    """A config file is missing, unreadable, or has an unknown key or a wrong type."""
+
+    exit_code = 3
+
+
+class UsageError(HpcnbError):
+    """A flag value that cannot be used: hours 0, a partition name with a quote, a taken port."""
+
+    exit_code = 2
+
+
+class SSHError(HpcnbError):
+    """Could not reach or authenticate to a host."""
+
+    exit_code = 4
+
+
+class HostKeyError(SSHError):
+    """A host presented an unknown or changed key. Never silently accepted."""
+
+    exit_code = 5
+
+
+class CommandError(HpcnbError):
+    """A command on the login host (or locally) failed. Carries argv, exit code and stderr."""
+
+    exit_code = 6
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str],
+        exit_status: int | None,
+        stderr: str = "",
+        hint: str | None = None,
+    ) -> None:
+        detail = f"{message}: `{' '.join(argv)}` exited {exit_status}"
+        last = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+        if last:
+            detail += f": {last[0].strip()}"
+        super().__init__(detail, hint=hint)
+        self.argv = list(argv)
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class SchedulerUnavailable(CommandError):
+    """The scheduler's controller did not answer. A job's state is UNKNOWN, never 'gone'."""
+
+    exit_code = 7
+
+
+class JobNotFound(HpcnbError):
+    """No such job for this cluster, in the scheduler or in the local store."""
+
+    exit_code = 8
+
+
+class JobEnded(HpcnbError):
+    """The job ended (failed, cancelled, timed out) before or while the notebook was in use."""
+
+    exit_code = 9
+
+
+class StartTimeout(HpcnbError):
+    """The notebook did not become ready in the allotted time."""
+
+    exit_code = 10
+
+
+class TunnelError(HpcnbError):
+    """The local end of the tunnel could not be set up (for instance the port is taken)."""
+
+    exit_code = 11
