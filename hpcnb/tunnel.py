@@ -1,0 +1,298 @@
+"""The local end of the tunnel: a listener on 127.0.0.1 whose connections are piped to upstreams.
+
+Each browser connection gets its own upstream (a paramiko Channel or a plain socket) from
+`open_upstream()` and two pump threads, one per direction. Threads rather than a selector loop:
+paramiko Channels are blocking objects whose fileno() is an emulated pipe and whose send() waits
+for SSH window space, so a single-threaded loop would stall every connection behind one full
+window; and paramiko already decrypts in its own thread. bench/tunnel_loopback.py has the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import paramiko
+
+from hpcnb.errors import HostKeyError, HpcnbError, SSHError, TunnelError
+
+BUFSIZE = 256 * 1024  # per recv(); a paramiko Channel returns whatever it has buffered up to this
+LOOPBACK = ("127.0.0.1", "localhost")
+# What opening or using an upstream may raise: a dead or refused connection, never a bug.
+UPSTREAM_ERRORS = (HpcnbError, OSError, EOFError, paramiko.SSHException)
+
+Notify = Callable[[str], None]
+
+
+class Upstream(Protocol):
+    """What the pumps need: socket.socket and paramiko.Channel both fit."""
+
+    def recv(self, n: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> object: ...
+    def shutdown(self, how: int, /) -> object: ...
+    def close(self) -> object: ...
+
+
+def _ignore(_message: str) -> None:
+    return None
+
+
+class _Pipe:
+    """One browser connection and its upstream; closes both when both directions are done."""
+
+    def __init__(self, client: socket.socket, upstream: Upstream, tunnel: Tunnel) -> None:
+        self.client, self.upstream, self.tunnel = client, upstream, tunnel
+        self._open_directions = 2
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(
+            target=self._pump, args=(self.upstream, self.client), name="tunnel-down", daemon=True
+        ).start()
+        self._pump(self.client, self.upstream)
+
+    def _pump(self, src: Upstream, dst: Upstream) -> None:
+        try:
+            while data := src.recv(BUFSIZE):
+                dst.sendall(data)  # Channel.send may send less than asked: always sendall
+            dst.shutdown(socket.SHUT_WR)  # half-close: pass the EOF on, keep the other way open
+        except UPSTREAM_ERRORS:
+            self.close()  # a reset on either side ends both directions
+            return
+        with self._lock:
+            self._open_directions -= 1
+            last = self._open_directions == 0
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        for end in (self.client, self.upstream):
+            with contextlib.suppress(*UPSTREAM_ERRORS):
+                end.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the other thread
+            with contextlib.suppress(*UPSTREAM_ERRORS):
+                end.close()
+        self.tunnel._forget(self)
+
+
+class Tunnel:
+    """Listen on 127.0.0.1:port (0 = a free port) and pipe each connection to `open_upstream()`."""
+
+    def __init__(
+        self,
+        open_upstream: Callable[[], Upstream],
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        notify: Notify | None = None,
+    ) -> None:
+        if host not in LOOPBACK:
+            raise TunnelError(
+                f"refusing to listen on {host}: the tunnel only binds 127.0.0.1",
+                hint="anyone who can reach the port reaches the notebook",
+            )
+        if not 0 <= port <= 65535:
+            raise TunnelError(f"local port {port} is not a valid port number")
+        self.open_upstream = open_upstream
+        self.host = "127.0.0.1"
+        self.port = port
+        self.notify = notify or _ignore
+        self._listener: socket.socket | None = None
+        self._pipes: set[_Pipe] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    def start(self) -> int:
+        """Bind and listen; returns the port (the chosen one when port was 0)."""
+        if self._listener is not None:
+            return self.port
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # SO_REUSEADDR lets `attach --port N` re-bind while old connections sit in TIME_WAIT; on
+        # Linux it does not allow two listeners on one port, so a taken port still fails.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((self.host, self.port))
+        except OSError as exc:
+            listener.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise TunnelError(
+                    f"local port {self.port} is already in use",
+                    hint="pick another with --port, or leave it out for a free one",
+                ) from exc
+            raise TunnelError(f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror}") from exc
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        return self.port
+
+    def serve_forever(self) -> None:
+        """Accept connections until stop()."""
+        listener = self._listener
+        if listener is None:
+            self.start()
+            listener = self._listener
+        assert listener is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopped.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is listener:
+                        self._accept(listener)
+
+    def serve_in_thread(self) -> threading.Thread:
+        """start() and serve_forever() in a daemon thread; returns the thread."""
+        self.start()
+        thread = threading.Thread(target=self.serve_forever, name="tunnel-accept", daemon=True)
+        thread.start()
+        return thread
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            client, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: keep listening, say why this one failed
+            self.notify(f"cannot accept a connection on 127.0.0.1:{self.port}: {exc.strerror}")
+            time.sleep(0.05)
+            return
+        client.setblocking(True)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._handle, args=(client,), name="tunnel-up", daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            upstream = self.open_upstream()
+        except UPSTREAM_ERRORS as exc:
+            self.notify(f"cannot open the tunnel's far end: {exc}")
+            client.close()
+            return
+        if isinstance(upstream, socket.socket):
+            with contextlib.suppress(OSError):
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pipe = _Pipe(client, upstream, self)
+        with self._lock:
+            if self._stopped.is_set():
+                pipe.close()
+                return
+            self._pipes.add(pipe)
+        pipe.start()
+
+    def _forget(self, pipe: _Pipe) -> None:
+        with self._lock:
+            self._pipes.discard(pipe)
+
+    @property
+    def connections(self) -> int:
+        """Browser connections open right now."""
+        with self._lock:
+            return len(self._pipes)
+
+    def stop(self) -> None:
+        """Stop listening and close every connection."""
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.close()
+
+    def __enter__(self) -> Tunnel:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Connection(Protocol):
+    """What ReconnectingUpstream needs of a connection (SSHRemote fits)."""
+
+    def is_alive(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Connection)
+
+
+class ReconnectingUpstream(Generic[C]):
+    """An `open_upstream` for Tunnel that re-makes a dead connection with backoff.
+
+    `connect()` makes a connection (e.g. SSHRemote.connect + jump), `open(conn)` opens one
+    channel on it. When the connection is dead, it is re-made with a delay of 0.5 s doubling to
+    8 s, for at most `max_total` seconds, then SSHError (the tunnel keeps listening: the next
+    browser connection tries again). Host key errors are never retried.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], C],
+        open: Callable[[C], Upstream],
+        *,
+        notify: Notify | None = None,
+        connection: C | None = None,
+        initial_delay: float = 0.5,
+        max_delay: float = 8.0,
+        max_total: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.connect, self.open = connect, open
+        self.notify = notify or _ignore
+        self.connection = connection
+        self.initial_delay, self.max_delay, self.max_total = initial_delay, max_delay, max_total
+        self.sleep = sleep
+        self._lock = threading.Lock()  # one reconnect at a time; other openers wait for it
+
+    def __call__(self) -> Upstream:
+        conn = self._alive_connection()
+        try:
+            return self.open(conn)
+        except UPSTREAM_ERRORS:
+            if conn.is_alive():
+                raise  # the far end refused; the connection itself is fine
+        return self.open(self._alive_connection())
+
+    def _alive_connection(self) -> C:
+        with self._lock:
+            conn = self.connection
+            if conn is not None and conn.is_alive():
+                return conn
+            if conn is not None:
+                self.notify("connection lost, reconnecting")
+                with contextlib.suppress(*UPSTREAM_ERRORS):
+                    conn.close()
+            self.connection = None
+            self.connection = self._reconnect(first=conn is None)
+            return self.connection
+
+    def _reconnect(self, *, first: bool) -> C:
+        delay, started, attempt = self.initial_delay, time.monotonic(), 0
+        while True:
+            attempt += 1
+            try:
+                conn = self.connect()
+            except HostKeyError:
+                raise
+            except UPSTREAM_ERRORS as exc:
+                elapsed = time.monotonic() - started
+                if elapsed + delay > self.max_total:
+                    raise SSHError(
+                        f"could not reconnect in {elapsed:.0f} s ({attempt} attempts): {exc}"
+                    ) from exc
+                self.notify(f"reconnect attempt {attempt} failed ({exc}); retrying in {delay:g} s")
+                self.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            if not first:
+                self.notify(f"reconnected after {attempt} attempt{'s' if attempt > 1 else ''}")
+            return conn
