@@ -1,0 +1,304 @@
+"""SSHRemote and Tunnel against a real OpenSSH sshd on 127.0.0.1 (see sshd_fixture.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.server
+import random
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import paramiko
+import pytest
+from sshd_fixture import Sshd, free_port, openssh_fingerprint
+
+from hpcnb.errors import HostKeyError, SSHError, TunnelError
+from hpcnb.ssh import SSHRemote
+from hpcnb.tunnel import ReconnectingUpstream, Tunnel
+
+BLOB = random.Random(1).randbytes(64 * 1024 * 1024)
+BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = BLOB if self.path == "/blob" else f"hello {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+class _ShaHandler(socketserver.BaseRequestHandler):
+    """Reads until EOF (the client's half-close), then answers the sha256 of what it read."""
+
+    def handle(self) -> None:
+        digest, size = hashlib.sha256(), 0
+        while data := self.request.recv(1 << 16):
+            digest.update(data)
+            size += len(data)
+        self.request.sendall(f"{size} {digest.hexdigest()}".encode())
+
+
+class _Threading(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+
+@pytest.fixture(scope="module")
+def http_port() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 512
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sha_port() -> Iterator[int]:
+    server = _Threading(("127.0.0.1", 0), _ShaHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def login(sshd: Sshd, known_hosts: Path | None = None, accept_new: bool = False) -> SSHRemote:
+    kh = known_hosts or sshd.known_hosts()
+    return SSHRemote.connect(
+        "127.0.0.1", sshd.port, sshd.user, str(sshd.client_key), [str(kh)],
+        accept_new_host_key=accept_new, allow_agent=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def remote(sshd: Sshd) -> Iterator[SSHRemote]:
+    r = login(sshd)
+    yield r
+    r.close()
+
+
+def http_get(port: int, path: str = "/x") -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return resp.read()
+    finally:
+        conn.close()
+
+
+# --- SSHRemote ---------------------------------------------------------------------------------
+def test_run_exit_status_stdout_stderr_and_quoting(remote: SSHRemote) -> None:
+    res = remote.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (res.exit_status, res.stdout, res.stderr) == (3, "out\n", "err\n")
+    words = ["a b", "it's", "$HOME", "`id`", "*", ""]
+    assert remote.run(["printf", "%s|", *words]).stdout == "|".join(words) + "|"
+    assert remote.run(["cat"], stdin="line 1\nline 2\n").stdout == "line 1\nline 2\n"
+
+
+def test_read_file_relative_absolute_missing(sshd: Sshd, remote: SSHRemote) -> None:
+    (sshd.home / "conn.json").write_text('{"port": 1}')
+    assert remote.home() == str(sshd.home)
+    assert remote.read_file("conn.json") == b'{"port": 1}'
+    assert remote.read_file(str(sshd.home / "conn.json")) == b'{"port": 1}'
+    with pytest.raises(FileNotFoundError):
+        remote.read_file("no/such/file")
+
+
+def test_unknown_host_key_shows_openssh_fingerprint(sshd: Sshd) -> None:
+    with pytest.raises(HostKeyError) as err:
+        login(sshd, sshd.empty_known_hosts())
+    fp = openssh_fingerprint(sshd.host_key.with_suffix(".pub"))
+    assert fp in str(err.value)
+    assert "--accept-new-host-key" in str(err.value)
+
+
+def test_changed_host_key_is_never_accepted(sshd: Sshd) -> None:
+    wrong = sshd.known_hosts(pub=sshd.other_key.with_suffix(".pub"))
+    for accept in (False, True):
+        with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as err:
+            login(sshd, wrong, accept_new=accept)
+        assert f"{wrong}:1" in str(err.value)
+    assert len(wrong.read_text().splitlines()) == 1
+
+
+def test_accept_new_appends_in_openssh_format(sshd: Sshd) -> None:
+    kh = sshd.empty_known_hosts()
+    login(sshd, kh, accept_new=True).close()
+    login(sshd, kh).close()  # now known without the flag
+    found = subprocess.run(
+        ["ssh-keygen", "-F", sshd.host_name, "-f", str(kh)], capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stderr
+
+
+def test_hashed_known_hosts_entry(sshd: Sshd) -> None:
+    kh = sshd.known_hosts()
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(kh)], check=True, capture_output=True)
+    assert kh.read_text().startswith("|1|")
+    login(sshd, kh).close()
+
+
+def test_auth_failure_names_user_and_host(sshd: Sshd) -> None:
+    with pytest.raises(SSHError, match=r"authentication failed for hpcnb-sshtest@127\.0\.0\.1"):
+        SSHRemote.connect(
+            "127.0.0.1", sshd.port, sshd.user, str(sshd.other_key),
+            [str(sshd.known_hosts())], allow_agent=False,
+        )  # fmt: skip
+
+
+def test_refused_port_is_one_line() -> None:
+    port = free_port()
+    with pytest.raises(SSHError) as err:
+        SSHRemote.connect("127.0.0.1", port, "nobody", known_hosts_files=[], allow_agent=False)
+    assert str(err.value) == f"cannot connect to 127.0.0.1 port {port}: connection refused"
+
+
+def test_open_tcp_reaches_local_http_server(remote: SSHRemote, http_port: int) -> None:
+    chan = remote.open_tcp("127.0.0.1", http_port)
+    chan.sendall(b"GET /via-ssh HTTP/1.0\r\nHost: x\r\n\r\n")
+    reply = b""
+    while data := chan.recv(65536):
+        reply += data
+    chan.close()
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello /via-ssh")
+    with pytest.raises(SSHError, match="could not open a connection"):
+        remote.open_tcp("127.0.0.1", free_port())
+
+
+def test_jump_checks_host_key_of_second_hop(sshd: Sshd, remote: SSHRemote) -> None:
+    # 127.0.0.2 is the same sshd, but known_hosts only names [127.0.0.1]:port
+    with pytest.raises(HostKeyError, match=r"unknown host key for \[127.0.0.2\]"):
+        remote.jump("127.0.0.2", sshd.port)
+    hop = remote.jump("127.0.0.2", sshd.port, name="127.0.0.1")
+    assert hop.run(["id", "-un"]).stdout.strip() == sshd.user
+    assert hop.parent is remote and hop.is_alive()
+    remote.close()
+    assert not hop.is_alive()
+
+
+def test_open_unix_direct_streamlocal(sshd: Sshd, remote: SSHRemote) -> None:
+    path = sshd.base / "echo.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    path.chmod(0o777)  # sshd connects as the test user
+    server.listen(1)
+
+    def echo_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo_once, daemon=True).start()
+    chan = remote.open_unix(str(path))
+    chan.sendall(b"over a unix socket")
+    chan.shutdown_write()
+    got = b""
+    while data := chan.recv(65536):
+        got += data
+    assert got == b"over a unix socket"
+    server.close()
+    with pytest.raises(SSHError, match="could not open unix socket"):
+        remote.open_unix(str(sshd.base / "missing.sock"))
+
+
+# --- Tunnel ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def tunnel_to(remote: SSHRemote, port: int) -> Iterator[Tunnel]:
+    tunnel = Tunnel(lambda: remote.open_tcp("127.0.0.1", port))
+    tunnel.serve_in_thread()
+    try:
+        yield tunnel
+    finally:
+        tunnel.stop()
+
+
+def test_tunnel_200_concurrent_requests(remote: SSHRemote, http_port: int) -> None:
+    with tunnel_to(remote, http_port) as tunnel, ThreadPoolExecutor(200) as pool:
+        bodies = list(pool.map(lambda i: http_get(tunnel.port, f"/r{i}"), range(200)))
+    assert bodies == [f"hello /r{i}".encode() for i in range(200)]
+
+
+def test_tunnel_64mib_download_byte_exact(remote: SSHRemote, http_port: int) -> None:
+    with tunnel_to(remote, http_port) as tunnel:
+        body = http_get(tunnel.port, "/blob")
+    assert hashlib.sha256(body).hexdigest() == BLOB_SHA
+
+
+def test_tunnel_half_close_upload_byte_exact(remote: SSHRemote, sha_port: int) -> None:
+    with tunnel_to(remote, sha_port) as tunnel:
+        sock = socket.create_connection(("127.0.0.1", tunnel.port))
+        sock.sendall(BLOB)
+        sock.shutdown(socket.SHUT_WR)  # the server only answers after our EOF arrives
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+        sock.close()
+    assert answer.decode() == f"{len(BLOB)} {BLOB_SHA}"
+
+
+def test_tunnel_binds_loopback_only_and_reports_taken_port(remote: SSHRemote) -> None:
+    with pytest.raises(TunnelError, match=r"only binds 127\.0\.0\.1"):
+        Tunnel(lambda: remote.open_tcp("127.0.0.1", 1), host="0.0.0.0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(TunnelError, match=f"local port {port} is already in use"):
+            Tunnel(lambda: remote.open_tcp("127.0.0.1", 1), port=port).start()
+    tunnel = Tunnel(lambda: remote.open_tcp("127.0.0.1", 1))
+    tunnel.start()
+    assert tunnel._listener is not None
+    assert tunnel._listener.getsockname()[0] == "127.0.0.1"
+    tunnel.stop()
+
+
+def test_tunnel_reconnects_after_sshd_connection_killed(sshd: Sshd, http_port: int) -> None:
+    messages: list[str] = []
+    upstream = ReconnectingUpstream(
+        lambda: login(sshd),
+        lambda r: r.open_tcp("127.0.0.1", http_port),
+        notify=messages.append,
+    )
+    tunnel = Tunnel(upstream, notify=messages.append)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    try:
+        assert http_get(port, "/before") == b"hello /before"
+        first = upstream.connection
+        assert first is not None
+        assert sshd.kill_connections(), "no sshd connection process to kill"
+        deadline = time.monotonic() + 10
+        while first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not first.is_alive()
+        assert http_get(port, "/after") == b"hello /after"  # same local port, new SSH connection
+        assert tunnel.port == port
+        assert upstream.connection is not first
+        assert any("reconnecting" in m for m in messages), messages
+    finally:
+        tunnel.stop()
+        if upstream.connection is not None:
+            upstream.connection.close()
+
+
+def test_cipher_is_aes_gcm(remote: SSHRemote) -> None:
+    assert isinstance(remote.transport, paramiko.Transport)
+    assert remote.transport.remote_cipher == "aes128-gcm@openssh.com"
