@@ -1,0 +1,339 @@
+"""Cluster configuration: shipped site configs + the user's config file -> frozen ClusterConfig.
+
+Two sources:
+  * site configs shipped with hpcnb: ``site-configs/NAME.toml``, ONE cluster per file, its keys at
+    the top level, the cluster's name is the file stem;
+  * the user's config file (see paths.user_config_file()): top-level ``default_cluster = "x"`` and
+    ``[clusters.NAME]`` tables. A table may say ``extends = "perlmutter"`` to start from a shipped
+    site config and override keys (``user``, ``account`` ...). A table named like a shipped site
+    config without ``extends`` extends that site config implicitly.
+
+Paths (identity_file, known_hosts, template_dir) expand ``~``; relative ones are relative to the
+folder of the file that set them. notebook_dir is a path on the cluster and is left alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hpcnb import paths
+from hpcnb.errors import ConfigError
+from hpcnb.request import SCHED_NAME_RE
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SCHEDULERS = ("slurm", "pbs", "local")
+TUNNELS = ("direct", "node-ssh", "socket")
+JUPYTERS = ("lab", "notebook")
+PBS_RESOURCES = ("select", "flat")
+# Which directive carries --partition / --account / --gpus, per scheduler. The first is the default.
+PARTITION_FLAGS = {"slurm": ("--partition", "--qos"), "pbs": ("-q",)}
+ACCOUNT_FLAGS = {"slurm": ("--account",), "pbs": ("-A", "-P")}
+GPU_FLAGS = {"slurm": ("--gpus", "--gres", "--gpus-per-node"), "pbs": ("ngpus", "naccelerators")}
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
+_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line: one line,
+# and a conservative character set so no site file can smuggle shell text into the header.
+_DIRECTIVE_RE = re.compile(r"^-[A-Za-z0-9 ._:=/@+,%-]{1,200}$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """One cluster, fully resolved. See the module docstring for where values come from."""
+
+    name: str
+    scheduler: str
+    source: str
+    login_host: str | None = None
+    user: str | None = None
+    port: int = 22
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    tunnel: str = "direct"
+    partition: str | None = None
+    account: str | None = None
+    setup: tuple[str, ...] = ()
+    jupyter: str = "lab"
+    notebook_dir: str | None = None
+    extra_directives: tuple[str, ...] = ()
+    template_dir: str | None = None
+    start_timeout: int = 300
+    walltime_warning: int = 600
+    max_hours: float | None = None
+    description: str | None = None
+    docs: str | None = None
+    # Additions to the shared contract:
+    extends: str | None = None  # the shipped site config this one started from
+    python: str = "python3"  # interpreter for the launcher on the node (after setup lines)
+    account_required: bool = False  # refuse to submit without an account (e.g. NERSC)
+    partition_flag: str | None = None  # slurm: --partition|--qos ; pbs: -q ; local: None
+    account_flag: str | None = None  # slurm: --account ; pbs: -A|-P (NCI Gadi) ; local: None
+    gpu_flag: str | None = None  # slurm: --gpus|--gres|--gpus-per-node ; pbs: ngpus|naccelerators
+    pbs_resources: str = "select"  # pbs: "select" (-l select=1:ncpus=..) | "flat" (-l ncpus=..)
+
+
+# ---------------------------------------------------------------- per-key checks
+
+
+def _check_str(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "a string"
+    if "\x00" in value:
+        return "a string without NUL bytes"
+    return None
+
+
+def _check_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+
+
+def _check_number(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if ok and math.isfinite(value) else "a number"
+
+
+def _check_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _check_strlist(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return "a list of strings"
+    return None
+
+
+_KIND: dict[str, Callable[[Any], str | None]] = {
+    "str": _check_str,
+    "int": _check_int,
+    "number": _check_number,
+    "bool": _check_bool,
+    "strlist": _check_strlist,
+}
+
+# key -> kind. "name" and "source" are not settable: they come from where the table is.
+_KEYS: dict[str, str] = {
+    "scheduler": "str", "login_host": "str", "user": "str", "port": "int",
+    "identity_file": "str", "known_hosts": "str", "tunnel": "str", "partition": "str",
+    "account": "str", "setup": "strlist", "jupyter": "str", "notebook_dir": "str",
+    "extra_directives": "strlist", "template_dir": "str", "start_timeout": "int",
+    "walltime_warning": "int", "max_hours": "number", "description": "str", "docs": "str",
+    "python": "str", "account_required": "bool", "partition_flag": "str",
+    "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str",
+}  # fmt: skip
+_PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
+_USER_TOP_KEYS = ("default_cluster", "clusters")
+
+
+def _suggest(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    import difflib  # only on the error path
+
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _where(file: Path, table: str | None) -> str:
+    return f"{file}" + (f" [{table}]" if table else "")
+
+
+def _check_table(
+    raw: Mapping[str, Any], file: Path, table: str | None, *, allow: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check keys and types of one cluster table; resolve its paths. Returns a plain dict."""
+    out: dict[str, Any] = {}
+    valid = [*_KEYS, *allow]
+    for key, value in raw.items():
+        if key not in valid:
+            raise ConfigError(f"{_where(file, table)}: unknown key {key!r}{_suggest(key, valid)}")
+        kind = "str" if key in allow else _KEYS[key]
+        problem = _KIND[kind](value)
+        if problem:
+            raise ConfigError(
+                f"{_where(file, table)}: key {key!r} must be {problem}, got {type(value).__name__} {value!r}"
+            )
+        if key in _PATH_KEYS:
+            p = Path(value).expanduser()
+            value = str(p if p.is_absolute() else (file.parent / p).resolve())
+        out[key] = tuple(value) if kind == "strlist" else value
+    return out
+
+
+def _one_of(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
+
+
+def _finish(name: str, values: dict[str, Any], where: str, source: str) -> ClusterConfig:
+    """Cross-key validation and defaults that depend on the scheduler."""
+    if "scheduler" not in values:
+        raise ConfigError(f'{where}: cluster {name!r} needs scheduler = "slurm" | "pbs" | "local"')
+    sched = values["scheduler"]
+    _one_of(sched, SCHEDULERS, "scheduler", where)
+    _one_of(values.get("tunnel", "direct"), TUNNELS, "tunnel", where)
+    _one_of(values.get("jupyter", "lab"), JUPYTERS, "jupyter", where)
+    _one_of(values.get("pbs_resources", "select"), PBS_RESOURCES, "pbs_resources", where)
+    host = values.get("login_host")
+    if sched != "local" and not host:
+        raise ConfigError(f"{where}: cluster {name!r} (scheduler {sched}) needs login_host")
+    if host is not None and not _HOST_RE.match(host):
+        raise ConfigError(f"{where}: login_host {host!r} is not a host name (letters, digits, . -)")
+    user = values.get("user")
+    if user is not None and not _USER_RE.match(user):
+        raise ConfigError(f"{where}: user {user!r} is not a valid user name")
+    port = values.get("port", 22)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port!r} is not in 1..65535")
+    if not 1 <= values.get("start_timeout", 300) <= 86400:
+        raise ConfigError(f"{where}: start_timeout must be 1..86400 seconds")
+    if values.get("walltime_warning", 600) < 0:
+        raise ConfigError(f"{where}: walltime_warning must be >= 0 seconds")
+    max_hours = values.get("max_hours")
+    if max_hours is not None and max_hours <= 0:
+        raise ConfigError(f"{where}: max_hours must be > 0, got {max_hours!r}")
+    for key in ("partition", "account"):
+        v = values.get(key)
+        if v is not None and not SCHED_NAME_RE.match(v):
+            raise ConfigError(f"{where}: {key} {v!r} must match {SCHED_NAME_RE.pattern}")
+    for line in values.get("setup", ()):
+        if _CONTROL_RE.search(line):
+            raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
+    for d in values.get("extra_directives", ()):
+        if not _DIRECTIVE_RE.match(d):
+            raise ConfigError(
+                f"{where}: extra_directives entry {d!r} must start with '-' and use only "
+                "letters, digits, space and ._:=/@+,%-"
+            )
+    if values.get("python") is not None and _CONTROL_RE.search(values["python"]):
+        raise ConfigError(f"{where}: python must be one line")
+    for key, table in (
+        ("partition_flag", PARTITION_FLAGS),
+        ("account_flag", ACCOUNT_FLAGS),
+        ("gpu_flag", GPU_FLAGS),
+    ):
+        if sched == "local":
+            values[key] = None
+            continue
+        values.setdefault(key, table[sched][0])
+        _one_of(values[key], table[sched], key, where)
+    return ClusterConfig(name=name, source=source, **values)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with open(file, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {file}: {e}") from None
+
+
+def _site_files() -> dict[str, Path]:
+    d = paths.site_config_dir()
+    if not d.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(d.glob("*.toml")) if _CLUSTER_NAME_RE.match(p.stem)}
+
+
+@dataclass(frozen=True)
+class _UserConfig:
+    file: Path
+    default_cluster: str | None
+    clusters: dict[str, dict[str, Any]]
+
+
+def _load_user() -> _UserConfig:
+    file = paths.user_config_file()
+    if not file.exists():
+        if os.environ.get("HPCNB_CONFIG"):
+            raise ConfigError(f"config file {file} (named by HPCNB_CONFIG) does not exist")
+        return _UserConfig(file, None, {})
+    raw = _read_toml(file)
+    for key in raw:
+        if key not in _USER_TOP_KEYS:
+            raise ConfigError(f"{file}: unknown top-level key {key!r}{_suggest(key, _USER_TOP_KEYS)}")
+    default = raw.get("default_cluster")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(f"{file}: key 'default_cluster' must be a string, got {default!r}")
+    clusters = raw.get("clusters", {})
+    if not isinstance(clusters, dict):
+        raise ConfigError(f"{file}: 'clusters' must be a table of [clusters.NAME] tables")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, table in clusters.items():
+        if not _CLUSTER_NAME_RE.match(name):
+            raise ConfigError(f"{file}: cluster name {name!r} must match {_CLUSTER_NAME_RE.pattern}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: clusters.{name} must be a table")
+        checked[name] = _check_table(table, file, f"clusters.{name}", allow=("extends",))
+    return _UserConfig(file, default, checked)
+
+
+def _site_cluster(name: str, file: Path) -> dict[str, Any]:
+    return _check_table(_read_toml(file), file, None, allow=())
+
+
+def _build(name: str, user: _UserConfig, sites: dict[str, Path]) -> ClusterConfig:
+    if name in user.clusters:
+        table = dict(user.clusters[name])
+        where = _where(user.file, f"clusters.{name}")
+        base_name = table.pop("extends", None)
+        if base_name is None and name in sites:
+            base_name = name  # [clusters.perlmutter] refines the shipped perlmutter
+        values: dict[str, Any] = {}
+        if base_name is not None:
+            if base_name not in sites:
+                raise ConfigError(
+                    f"{where}: extends {base_name!r}, which is not a shipped site config "
+                    f"(known: {', '.join(sorted(sites)) or 'none'})"
+                )
+            values = _site_cluster(base_name, sites[base_name])
+        values.update(table)
+        values["extends"] = base_name
+        return _finish(name, values, where, str(user.file))
+    if name in sites:
+        return _finish(name, _site_cluster(name, sites[name]), str(sites[name]), str(sites[name]))
+    known = sorted({*sites, *user.clusters})
+    raise ConfigError(
+        f"unknown cluster {name!r}{_suggest(name, known).replace('valid keys', 'known clusters')}",
+        hint=f"clusters come from {paths.site_config_dir()} and {user.file}",
+    )
+
+
+def load_cluster(name: str | None = None) -> ClusterConfig:
+    """The cluster called NAME; None -> $HPCNB_CLUSTER -> the user's default_cluster -> "local"."""
+    user = _load_user()
+    sites = _site_files()
+    chosen = name or os.environ.get("HPCNB_CLUSTER") or user.default_cluster or "local"
+    return _build(chosen, user, sites)
+
+
+def list_clusters() -> list[ClusterConfig]:
+    """Every known cluster (shipped and user-defined, user refinements applied), by name."""
+    user = _load_user()
+    sites = _site_files()
+    return [_build(n, user, sites) for n in sorted({*sites, *user.clusters})]
+
+
+def default_cluster_name() -> str:
+    """The name load_cluster(None) would pick."""
+    return os.environ.get("HPCNB_CLUSTER") or _load_user().default_cluster or "local"
+
+
+CLUSTER_FIELDS = tuple(f.name for f in fields(ClusterConfig))

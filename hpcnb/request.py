@@ -1,0 +1,218 @@
+"""JobRequest: the user's values for one job, validated before they reach a template.
+
+Every refusal is a UsageError with one line naming the flag, the value (repr) and what is allowed.
+Pure stdlib; imports ClusterConfig only for type checking (config.py imports this module).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpcnb.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpcnb.config import ClusterConfig
+
+# Slurm partition/account and PBS queue/project names: letters, digits, '.', '_', '-'.
+SCHED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_SECONDS = 365 * 86400
+MAX_COUNT = 4096
+MAX_MEM_MB = 1024 * 1024 * 1024  # 1 PiB, far above any node
+DEFAULT_HOURS = 1.0
+
+_TIME_RES = (
+    re.compile(r"^(?P<d>\d{1,3})-(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2})$"),
+    re.compile(r"^(?P<h>\d{1,4}):(?P<m>\d{1,2}):(?P<s>\d{1,2})$"),
+    re.compile(r"^(?P<m>\d{1,5}):(?P<s>\d{1,2})$"),
+)
+_MEM_RE = re.compile(r"^(?P<n>\d{1,12}(?:\.\d{1,6})?)\s?(?P<u>[KMGT])(?:I?B)?$", re.IGNORECASE)
+_MEM_FACTOR_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Validated values for one job. Directive text comes from these fields only."""
+
+    name: str
+    walltime_seconds: int
+    partition: str | None = None
+    account: str | None = None
+    cpus: int | None = None
+    mem_mb: int | None = None
+    gpus: int | None = None
+    notebook_dir: str | None = None
+
+    @property
+    def hours(self) -> float:
+        return self.walltime_seconds / 3600
+
+    @property
+    def walltime_hms(self) -> str:
+        """HH:MM:SS with hours unbounded (PBS walltime, e.g. 48:00:00)."""
+        return hms(self.walltime_seconds)
+
+    @property
+    def slurm_time(self) -> str:
+        """Slurm --time: HH:MM:SS below a day, D-HH:MM:SS from a day on (sbatch(1) --time)."""
+        return slurm_time(self.walltime_seconds)
+
+    @property
+    def slurm_mem(self) -> str | None:
+        """Slurm --mem value: 4G or 500M (sbatch(1): default unit is M; G when exact)."""
+        if self.mem_mb is None:
+            return None
+        return f"{self.mem_mb // 1024}G" if self.mem_mb % 1024 == 0 else f"{self.mem_mb}M"
+
+    @property
+    def pbs_mem(self) -> str | None:
+        """PBS mem value: 4gb or 500mb (pbs_resources(7B) size: integer + kb/mb/gb/tb)."""
+        if self.mem_mb is None:
+            return None
+        return f"{self.mem_mb // 1024}gb" if self.mem_mb % 1024 == 0 else f"{self.mem_mb}mb"
+
+
+def hms(seconds: int) -> str:
+    """Seconds -> HH:MM:SS (hours may exceed 24)."""
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def slurm_time(seconds: int) -> str:
+    """Seconds -> Slurm time limit: HH:MM:SS, or D-HH:MM:SS from one day on."""
+    d, rest = divmod(int(seconds), 86400)
+    return hms(rest) if d == 0 else f"{d}-{hms(rest)}"
+
+
+def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
+    return UsageError(f"{flag} {value!r} is not allowed: {allowed}")
+
+
+def parse_hours(value: Any) -> int:
+    """--hours value (number or numeric string) -> whole seconds. Refuses 0, <0, NaN, inf, junk."""
+    allowed = "a number of hours > 0 (e.g. 1, 0.5, 12)"
+    if isinstance(value, bool):
+        raise _refuse("--hours", value, allowed)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _refuse("--hours", value, allowed) from None
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        raise _refuse("--hours", value, allowed)
+    if not math.isfinite(number) or number <= 0:
+        raise _refuse("--hours", value, allowed)
+    if number * 3600 > MAX_SECONDS:
+        raise _refuse("--hours", value, f"at most {MAX_SECONDS // 3600} hours (365 days)")
+    seconds = round(number * 3600)
+    if seconds < 60:
+        raise _refuse("--hours", value, "at least one minute (0.0167 hours)")
+    return seconds
+
+
+def parse_time(value: Any) -> int:
+    """--time HH:MM:SS | MM:SS | D-HH:MM:SS -> seconds."""
+    allowed = "HH:MM:SS, MM:SS or D-HH:MM:SS (e.g. 02:30:00, 1-00:00:00)"
+    if not isinstance(value, str):
+        raise _refuse("--time", value, allowed)
+    for rx in _TIME_RES:
+        m = rx.match(value.strip())
+        if not m:
+            continue
+        parts = {k: int(v) for k, v in m.groupdict().items()}
+        if parts["s"] >= 60 or ("h" in parts and parts["m"] >= 60) or ("d" in parts and parts["h"] >= 24):
+            raise _refuse("--time", value, allowed + ", minutes and seconds below 60")
+        seconds = parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts["m"] * 60 + parts["s"]
+        if seconds < 60:
+            raise _refuse("--time", value, "at least one minute")
+        if seconds > MAX_SECONDS:
+            raise _refuse("--time", value, "at most 365 days")
+        return seconds
+    raise _refuse("--time", value, allowed)
+
+
+def parse_mem(value: Any) -> int:
+    """--mem 4G / 500M / 16GB / 1.5g -> megabytes (rounded up)."""
+    allowed = "a size with a unit K, M, G or T (e.g. 4G, 500M, 16GB)"
+    if not isinstance(value, str):
+        raise _refuse("--mem", value, allowed)
+    m = _MEM_RE.match(value.strip())
+    if not m:
+        raise _refuse("--mem", value, allowed)
+    mb = math.ceil(float(m["n"]) * _MEM_FACTOR_MB[m["u"].upper()])
+    if mb <= 0:
+        raise _refuse("--mem", value, "more than 0")
+    if mb > MAX_MEM_MB:
+        raise _refuse("--mem", value, "at most 1024T")
+    return mb
+
+
+def _count(flag: str, value: Any) -> int:
+    allowed = f"a whole number 1..{MAX_COUNT}"
+    if isinstance(value, bool):
+        raise _refuse(flag, value, allowed)
+    if isinstance(value, str) and re.fullmatch(r"\d{1,5}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise _refuse(flag, value, allowed)
+    return value
+
+
+def _sched_name(flag: str, value: Any) -> str:
+    if not isinstance(value, str) or not SCHED_NAME_RE.match(value):
+        raise _refuse(flag, value, "1-64 characters: letters, digits, '.', '_', '-' (first a letter/digit)")
+    return value
+
+
+def _notebook_dir(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 4096:
+        raise _refuse("--notebook-dir", value, "a path of 1..4096 characters")
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise _refuse("--notebook-dir", value, "a path without control characters")
+    return value
+
+
+def build_request(
+    cfg: ClusterConfig,
+    *,
+    partition: str | None = None,
+    hours: float | str | None = None,
+    time: str | None = None,
+    account: str | None = None,
+    cpus: int | str | None = None,
+    mem: str | None = None,
+    gpus: int | str | None = None,
+    name: str | None = None,
+    notebook_dir: str | None = None,
+) -> JobRequest:
+    """Validate the user's values (falling back to cfg's defaults) into a JobRequest."""
+    if hours is not None and time is not None:
+        raise UsageError(f"--hours {hours!r} and --time {time!r} both given: use one of them")
+    default = DEFAULT_HOURS if hours is None else hours
+    seconds = parse_time(time) if time is not None else parse_hours(default)
+    if cfg.max_hours is not None and seconds > cfg.max_hours * 3600:
+        flag, value = ("--time", time) if time is not None else ("--hours", hours)
+        raise _refuse(flag, value, f"at most {cfg.max_hours:g} hours on cluster {cfg.name}")
+    part = partition if partition is not None else cfg.partition
+    acct = account if account is not None else cfg.account
+    if acct is None and cfg.account_required:
+        raise UsageError(
+            f'cluster {cfg.name} needs --account (or account = "..." in its config)'
+            + (f"; see {cfg.docs}" if cfg.docs else "")
+        )
+    nb = notebook_dir if notebook_dir is not None else cfg.notebook_dir
+    return JobRequest(
+        name=_sched_name("--name", "hpcnb" if name is None else name),
+        walltime_seconds=seconds,
+        partition=None if part is None else _sched_name("--partition", part),
+        account=None if acct is None else _sched_name("--account", acct),
+        cpus=None if cpus is None else _count("--cpus", cpus),
+        mem_mb=None if mem is None else parse_mem(mem),
+        gpus=None if gpus is None else _count("--gpus", gpus),
+        notebook_dir=None if nb is None else _notebook_dir(nb),
+    )

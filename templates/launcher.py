@@ -1,0 +1,318 @@
+# ruff: noqa: PTH103, PTH105, PTH108, PTH111, PTH112, PTH118, UP021
+# (os.path and universal_newlines on purpose: this file runs on the node's python3 >= 3.6.)
+"""hpcnb launcher: runs on the compute node inside the job, started by the job script's body.
+
+render.py inlines this file into the script (a quoted heredoc, so nothing in it is expanded).
+It reads ONLY os.environ (HPCNB_* set by the body), uses only the standard library, and must run
+on the node's python3 >= 3.6 (old system Pythons exist on clusters): no walrus, no generics.
+
+What it does (the job <-> hpcnb handshake, see DESIGN.md):
+  token -> 0600 file; bind address per tunnel mode; start Jupyter (argv list, token in env only);
+  poll GET /api until it answers; write connection.json atomically (0600); forward
+  SIGTERM/SIGINT/SIGHUP to Jupyter; on any exit write `ended`.
+"""
+
+import errno
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIND_ATTEMPTS = 3  # a free port can be taken between our probe and Jupyter's bind
+STOP_GRACE_S = 20.0  # Jupyter shuts kernels down on SIGTERM; Slurm's KillWait default is 30 s
+SOCK_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+class Fatal(Exception):
+    """A reason the notebook cannot start; exit_code is what the job exits with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def log(message: str) -> None:
+    # stdout is the session's job.log (the body did `exec >>job.log 2>&1`)
+    print("hpcnb-launcher: " + message, flush=True)
+
+
+def write_private(path: str, text: str) -> None:
+    """Write atomically (tmp + rename) with mode 0600, whatever the umask."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Launcher:
+    def __init__(self, env: "os._Environ[str]") -> None:
+        self.session = env["HPCNB_SESSION_DIR"]
+        self.job_id = env["HPCNB_JOB_ID"]
+        self.tunnel = env.get("HPCNB_TUNNEL", "direct")
+        self.jupyter = env.get("HPCNB_JUPYTER", "lab")
+        self.notebook_dir = env.get("HPCNB_NOTEBOOK_DIR", "")
+        self.bind_host = env.get("HPCNB_BIND_HOST", "")
+        self.start_timeout = float(env.get("HPCNB_START_TIMEOUT", "300"))
+        self.walltime = int(env.get("HPCNB_WALLTIME_SECONDS", "0"))
+        self.job_start = float(env.get("HPCNB_JOB_START") or time.time())
+        self.proc = None  # type: subprocess.Popen | None
+        self.stop_signal = 0
+        self.stop_at = 0.0
+        self.tmpdir = ""
+        self.sock = ""
+
+    # ------------------------------------------------------------ signals
+    def on_signal(self, signum: int, frame: object) -> None:
+        if not self.stop_signal:
+            self.stop_signal = signum
+            self.stop_at = time.monotonic()
+            log(f"got signal {signal.Signals(signum).name}, stopping Jupyter")
+        if self.proc is not None and self.proc.poll() is None:
+            # Jupyter's SIGINT handler asks for confirmation on a tty; SIGTERM always shuts down.
+            self.proc.send_signal(signal.SIGTERM)
+
+    # ------------------------------------------------------------ endpoint
+    def node_address(self) -> str:
+        """The node's cluster address: what `hostname` resolves to, else `hostname -I`'s first."""
+        if self.bind_host:
+            return self.bind_host
+        try:
+            addr = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            addr = ""
+        if addr and not addr.startswith("127."):
+            return addr
+        try:
+            out = subprocess.run(
+                ["hostname", "-I"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                universal_newlines=True,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        for cand in out.split():
+            if ":" not in cand and not cand.startswith("127."):
+                return cand
+        raise Fatal(
+            "cannot find this node's cluster address (hostname resolves to loopback "
+            'and `hostname -I` lists none); set tunnel = "node-ssh"'
+        )
+
+    def socket_path(self) -> str:
+        path = os.path.join(self.session, "jupyter.sock")
+        if len(path.encode()) <= SOCK_PATH_MAX:
+            return path
+        # A long $HOME or job id overflows sun_path: use a private (0700) dir in /tmp instead.
+        self.tmpdir = tempfile.mkdtemp(prefix="hpcnb-")
+        return os.path.join(self.tmpdir, "jupyter.sock")
+
+    @staticmethod
+    def free_port(host: str) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+
+    @staticmethod
+    def port_taken(host: str, port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                return e.errno == errno.EADDRINUSE
+        return False
+
+    # ------------------------------------------------------------ jupyter
+    def argv(self, host: str, port: int, sock: str) -> list:
+        exe = shutil.which("jupyter")
+        argv = [exe] if exe else [sys.executable, "-m", "jupyter"]
+        argv += [self.jupyter, "--no-browser", "--ServerApp.port_retries=0"]
+        if sock:
+            argv += ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
+        else:
+            argv += ["--ServerApp.ip=" + host, f"--ServerApp.port={port}"]
+        if os.geteuid() == 0:
+            # Cluster jobs never run as root; containers and CI often do. Jupyter refuses root
+            # unless told; we tell it, and say so in the log.
+            log("running as root: passing --allow-root")
+            argv.append("--allow-root")
+        if self.notebook_dir:
+            argv.append("--ServerApp.root_dir=" + os.path.expanduser(self.notebook_dir))
+        return argv
+
+    def child_env(self, token: str) -> dict:
+        env = dict(os.environ)
+        env["JUPYTER_TOKEN"] = token  # never on argv: ps and /proc/*/cmdline are world-readable
+        # Per-session runtime dir: nodes sharing $HOME must not clean up each other's files.
+        runtime = os.path.join(self.session, "runtime")
+        os.makedirs(runtime, mode=0o700, exist_ok=True)
+        env["JUPYTER_RUNTIME_DIR"] = runtime
+        return env
+
+    def answers(self, host: str, port: int, sock: str) -> bool:
+        conn = UnixHTTPConnection(sock) if sock else http.client.HTTPConnection(host, port, timeout=2)
+        try:
+            conn.request("GET", "/api")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def wait_ready(self, host: str, port: int, sock: str, deadline: float) -> str:
+        delay = 0.2
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return "exited"
+            if self.stop_signal:
+                return "stopped"
+            if self.answers(host, port, sock):
+                return "ready"
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def stop(self) -> int:
+        """SIGTERM Jupyter, wait STOP_GRACE_S, then SIGKILL. Returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log(f"Jupyter ignored SIGTERM for {STOP_GRACE_S:.0f} s: killing it")
+                self.proc.kill()
+        return self.proc.wait()
+
+    # ------------------------------------------------------------ files
+    def write_connection(self, host: str, port: int, sock: str, token: str) -> None:
+        info = {
+            "version": 1,
+            "job_id": self.job_id,
+            "host": host if not sock else None,
+            "port": port if not sock else None,
+            "socket": sock or None,
+            "token": token,
+            "pid": self.proc.pid if self.proc else None,
+            "launcher_pid": os.getpid(),
+            "node": socket.gethostname(),
+            "started": time.time(),
+            "walltime_end": self.job_start + self.walltime if self.walltime else None,
+            "tunnel": self.tunnel,
+            "jupyter": self.jupyter,
+            "base_url": "/",
+        }
+        write_private(os.path.join(self.session, "connection.json"), json.dumps(info, indent=1))
+
+    def write_ended(self, exit_code: int, reason: str) -> None:
+        info = {
+            "ended": time.time(),
+            "exit_code": exit_code,
+            "reason": reason,
+            "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None,
+        }
+        write_private(os.path.join(self.session, "ended"), json.dumps(info))
+        if self.sock and os.path.lexists(self.sock):
+            os.unlink(self.sock)
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    # ------------------------------------------------------------ main
+    def start(self, token: str) -> "tuple":
+        """Start Jupyter until it answers. Returns (host, port, sock)."""
+        deadline = time.monotonic() + self.start_timeout
+        env = self.child_env(token)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            host, port, sock = "", 0, ""
+            if self.tunnel == "socket":
+                sock = self.sock = self.socket_path()
+                if os.path.lexists(sock):
+                    os.unlink(sock)
+            else:
+                host = "127.0.0.1" if self.tunnel == "node-ssh" else self.node_address()
+                port = self.free_port(host)
+            argv = self.argv(host, port, sock)
+            log("starting (attempt {}): {}".format(attempt, " ".join(argv)))
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+            state = self.wait_ready(host, port, sock, deadline)
+            if state == "ready":
+                return host, port, sock
+            if state == "timeout":
+                self.stop()
+                raise Fatal(
+                    f"Jupyter did not answer within {self.start_timeout:.0f} s (HPCNB_START_TIMEOUT)", 124
+                )
+            if state == "stopped":
+                raise Fatal("stopped by signal before Jupyter was ready", 128 + self.stop_signal)
+            code = self.proc.returncode
+            if not sock and attempt < BIND_ATTEMPTS and self.port_taken(host, port):
+                log(f"port {port} was taken before Jupyter could bind it; retrying")
+                continue
+            raise Fatal(f"Jupyter exited with code {code} before it was ready (see above)", code or 1)
+        raise Fatal(f"no free port after {BIND_ATTEMPTS} attempts")
+
+    def run(self) -> int:
+        os.umask(0o077)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+        token = secrets.token_hex(24)
+        write_private(os.path.join(self.session, "token"), token + "\n")
+        try:
+            root = os.path.expanduser(self.notebook_dir) if self.notebook_dir else ""
+            if root and not os.path.isdir(root):
+                raise Fatal(f"notebook_dir {root!r} is not a directory on this node", 2)
+            host, port, sock = self.start(token)
+        except Fatal as e:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop()
+            log(str(e))
+            self.write_ended(e.exit_code, str(e))
+            return e.exit_code
+        self.write_connection(host, port, sock, token)
+        log("ready: " + (sock or f"{host}:{port}"))
+        while True:
+            try:
+                code = self.proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if self.stop_signal and time.monotonic() - self.stop_at > STOP_GRACE_S:
+                    code = self.stop()
+                    break
+        reason = "stopped by signal" if self.stop_signal else "Jupyter exited"
+        log(f"{reason} (exit code {code})")
+        self.write_ended(code, reason)
+        return code
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (Jupyter's --ServerApp.sock)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=2)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+if __name__ == "__main__":
+    sys.exit(Launcher(os.environ).run())
