@@ -276,7 +276,7 @@ class ReconnectingUpstream(Generic[C]):
             return self.connection
 
     def _reconnect(self, *, first: bool) -> C:
-        delay, started, attempt = self.initial_delay, time.monotonic(), 0
+        delay, started, attempt, waited = self.initial_delay, time.monotonic(), 0, 0.0
         while True:
             attempt += 1
             try:
@@ -284,13 +284,14 @@ class ReconnectingUpstream(Generic[C]):
             except HostKeyError:
                 raise
             except UPSTREAM_ERRORS as exc:
-                elapsed = time.monotonic() - started
+                elapsed = max(time.monotonic() - started, waited)
                 if elapsed + delay > self.max_total:
                     raise SSHError(
-                        f"could not reconnect in {elapsed:.0f} s ({attempt} attempts): {exc}"
+                        f"could not connect in {elapsed:.0f} s ({attempt} attempts): {exc}"
                     ) from exc
-                self.notify(f"reconnect attempt {attempt} failed ({exc}); retrying in {delay:g} s")
+                self.notify(f"connect attempt {attempt} failed ({exc}); retrying in {delay:g} s")
                 self.sleep(delay)
+                waited += delay
                 delay = min(delay * 2, self.max_delay)
                 continue
             if not first:

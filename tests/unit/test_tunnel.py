@@ -1,0 +1,243 @@
+"""Tunnel and ReconnectingUpstream with plain loopback sockets as upstreams (no SSH)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hpcnb.errors import HostKeyError, SSHError, TunnelError
+from hpcnb.tunnel import ReconnectingUpstream, Tunnel
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class _ShaAfterEof(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        digest = hashlib.sha256()
+        while data := self.request.recv(65536):
+            digest.update(data)
+        self.request.sendall(digest.hexdigest().encode())
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def _serve(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    server = _Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    yield from _serve(_Echo)
+
+
+@pytest.fixture
+def sha_port() -> Iterator[int]:
+    yield from _serve(_ShaAfterEof)
+
+
+def _tunnel(upstream_port: int, port: int = 0) -> Tunnel:
+    tunnel = Tunnel(lambda: socket.create_connection(("127.0.0.1", upstream_port)), port=port)
+    tunnel.serve_in_thread()
+    return tunnel
+
+
+def _roundtrip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while data := sock.recv(65536):
+            got += data
+    return got
+
+
+def test_echo_and_nodelay(echo_port: int) -> None:
+    tunnel = _tunnel(echo_port)
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+            sock.sendall(b"ping")
+            assert sock.recv(10) == b"ping"
+            (pipe,) = tunnel._pipes
+            assert pipe.client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert tunnel.connections == 1
+    finally:
+        tunnel.stop()
+
+
+def test_half_close_reaches_upstream_and_answer_comes_back(sha_port: int) -> None:
+    payload = bytes(range(256)) * 40000  # ~10 MiB
+    tunnel = _tunnel(sha_port)
+    try:
+        assert _roundtrip(tunnel.port, payload).decode() == hashlib.sha256(payload).hexdigest()
+    finally:
+        tunnel.stop()
+
+
+def test_many_concurrent_connections(echo_port: int) -> None:
+    tunnel = _tunnel(echo_port)
+    try:
+        with ThreadPoolExecutor(100) as pool:
+            got = list(pool.map(lambda i: _roundtrip(tunnel.port, b"%d" % i * 1000), range(100)))
+        assert got == [b"%d" % i * 1000 for i in range(100)]
+    finally:
+        tunnel.stop()
+
+
+def test_only_loopback() -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.1", ""):
+        with pytest.raises(TunnelError, match="refusing to listen"):
+            Tunnel(lambda: socket.socket(), host=host)
+    tunnel = Tunnel(lambda: socket.socket(), host="localhost")
+    tunnel.start()
+    assert tunnel._listener is not None and tunnel._listener.getsockname()[0] == "127.0.0.1"
+    tunnel.stop()
+
+
+def test_port_taken_and_fixed_port_reuse(echo_port: int) -> None:
+    first = _tunnel(echo_port)
+    with pytest.raises(TunnelError, match=f"^local port {first.port} is already in use"):
+        Tunnel(lambda: socket.socket(), port=first.port).start()
+    port = first.port
+    assert _roundtrip(port, b"x") == b"x"
+    first.stop()
+    again = _tunnel(echo_port, port=port)  # re-attach on the same port right after
+    try:
+        assert again.port == port and _roundtrip(port, b"y") == b"y"
+    finally:
+        again.stop()
+
+
+def test_failing_upstream_closes_client_and_keeps_listening(echo_port: int) -> None:
+    calls: list[int] = []
+    messages: list[str] = []
+
+    def flaky() -> socket.socket:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SSHError("connection to login1 lost")
+        return socket.create_connection(("127.0.0.1", echo_port))
+
+    tunnel = Tunnel(flaky, notify=messages.append)
+    tunnel.serve_in_thread()
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+            assert sock.recv(10) == b""  # closed: no far end
+        assert _roundtrip(tunnel.port, b"still here") == b"still here"
+        assert messages == ["cannot open the tunnel's far end: connection to login1 lost"]
+    finally:
+        tunnel.stop()
+
+
+def test_stop_closes_open_connections(echo_port: int) -> None:
+    tunnel = _tunnel(echo_port)
+    sock = socket.create_connection(("127.0.0.1", tunnel.port), timeout=5)
+    sock.sendall(b"a")
+    assert sock.recv(1) == b"a"
+    tunnel.stop()
+    assert sock.recv(1) == b""
+    sock.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", tunnel.port), timeout=1)
+
+
+class FakeConn:
+    def __init__(self, name: str) -> None:
+        self.name, self.alive, self.closed = name, True, False
+
+    def is_alive(self) -> bool:
+        return self.alive and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_reconnect_backoff_doubles_to_cap_then_succeeds() -> None:
+    made: list[FakeConn] = []
+    failures = iter([SSHError("refused")] * 6)
+
+    def connect() -> FakeConn:
+        exc = next(failures, None)
+        if exc:
+            raise exc
+        made.append(FakeConn(f"c{len(made)}"))
+        return made[-1]
+
+    sleeps: list[float] = []
+    messages: list[str] = []
+    old = FakeConn("old")
+    old.alive = False
+    up = ReconnectingUpstream(
+        connect, lambda c: c.name, notify=messages.append, connection=old, sleep=sleeps.append
+    )
+    assert up() == "c0"
+    assert sleeps == [0.5, 1, 2, 4, 8, 8]
+    assert old.closed and messages[0] == "connection lost, reconnecting"
+    assert messages[-1] == "reconnected after 7 attempts"
+    assert up() == "c0"  # alive: no new connection
+    assert len(made) == 1
+
+
+def test_reconnect_gives_up_after_max_total() -> None:
+    def connect() -> FakeConn:
+        raise SSHError("cannot connect to login1 port 22: connection refused")
+
+    sleeps: list[float] = []
+    up = ReconnectingUpstream(connect, lambda c: c, max_total=10, sleep=sleeps.append)
+    with pytest.raises(SSHError, match=r"could not connect in .* connection refused"):
+        up()
+    assert sum(sleeps) <= 10 and sleeps == [0.5, 1, 2, 4]
+
+
+def test_host_key_error_is_not_retried() -> None:
+    def connect() -> FakeConn:
+        raise HostKeyError("HOST KEY CHANGED for login1")
+
+    sleeps: list[float] = []
+    with pytest.raises(HostKeyError):
+        ReconnectingUpstream(connect, lambda c: c, sleep=sleeps.append)()
+    assert sleeps == []
+
+
+def test_open_failure_on_live_connection_is_not_a_reconnect() -> None:
+    conn = FakeConn("live")
+    connects: list[int] = []
+
+    def refuse(c: FakeConn) -> socket.socket:
+        raise SSHError("login1 could not open a connection to node1 port 8888: Connection refused")
+
+    up = ReconnectingUpstream(lambda: (connects.append(1), conn)[1], refuse, connection=conn)
+    with pytest.raises(SSHError, match="could not open"):
+        up()
+    assert connects == [] and not conn.closed
+
+
+def test_open_failure_because_connection_died_reconnects_once() -> None:
+    first, second = FakeConn("first"), FakeConn("second")
+
+    def open_(c: FakeConn) -> str:
+        if c is first:
+            first.alive = False  # the transport died while opening the channel
+            raise EOFError
+        return c.name
+
+    up = ReconnectingUpstream(lambda: second, open_, connection=first, sleep=time.sleep)
+    assert up() == "second"
