@@ -147,12 +147,15 @@ def _ended_state(attrs: dict[str, str]) -> JobState:
     substate = attrs.get("substate")
     limit = parse_duration(attrs.get("Resource_List.walltime", ""))
     used = parse_duration(attrs.get("resources_used.walltime", ""))
-    if substate == SUBSTATE_TERMINATED or code == EXIT_SIGTERM:
+    if substate == SUBSTATE_TERMINATED:
         return JobState.CANCELLED
+    # Torque kills an over-time job with SIGTERM (exit 271, like qdel): tell them apart by time.
     if code == EXIT_KILL_WALLTIME or (code not in (None, "0") and limit and used and used >= limit):
         return JobState.TIMEOUT
     if code == EXIT_KILL_MEM:
         return JobState.OUT_OF_MEMORY
+    if code == EXIT_SIGTERM:
+        return JobState.CANCELLED
     if substate == SUBSTATE_FAILED or code not in (None, "0"):
         return JobState.FAILED
     # Exit 0, or no exit status at all (Slurm's wrapper prints C for every ended job).

@@ -1,0 +1,168 @@
+"""PBSScheduler: PBS Pro, Torque and Slurm's torque wrappers, against documented and captured output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcnb.schedulers import JobState, get_scheduler
+from hpcnb.schedulers.pbs import STATE_MAP, first_exec_host, parse_qstat_full
+
+CAPTURED = Path(__file__).parent / "captured"
+pbs = get_scheduler("pbs")
+
+
+def captured(name: str) -> str:
+    return (CAPTURED / name).read_text().split("## ---\n", 1)[1]
+
+
+def test_identity() -> None:
+    assert (pbs.name, pbs.template, pbs.job_id_var) == (
+        "pbs", "pbs.sh.j2", "${PBS_JOBID:-${SLURM_JOB_ID}}")
+
+
+@pytest.mark.parametrize(("out", "job_id"), [
+    ("1234.pbsserver\n", "1234.pbsserver"), ("1234\n", "1234"),
+    ("77.torqueserver.example.org\n", "77.torqueserver.example.org"), ("12[].srv\n", "12[].srv"),
+])
+def test_parse_job_id(out: str, job_id: str) -> None:
+    assert pbs.parse_job_id(out) == job_id
+
+
+@pytest.mark.parametrize("out", [
+    "", "qsub: Unknown queue\n",
+    # Slurm's wrapper prints its failure on stdout (see /usr/bin/qsub):
+    "There was an error running the Slurm sbatch command.\nThe command was:\n'x'\n"
+    "and the output was:\n'sbatch: error: Batch job submission failed'\n",
+])
+def test_parse_job_id_garbage(out: str) -> None:
+    with pytest.raises(ValueError):
+        pbs.parse_job_id(out)
+
+
+def test_argv() -> None:
+    assert pbs.status_argv(["1.s", "2.s"], "alice") == ["qstat", "-f", "1.s", "2.s"]
+    assert pbs.history_argv(["1.s"]) == ["qstat", "-x", "-f", "1.s"]
+    assert pbs.history_argv([]) is None
+    assert pbs.cancel_argv("1.s") == ["qdel", "1.s"]
+    with pytest.raises(ValueError):
+        pbs.cancel_argv("-W force")
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_submit_argv_copies_stdin_to_a_private_file(tmp_path: Path) -> None:
+    """The submit argv works with a qsub that needs a regular file (PBS Pro, Slurm's wrapper)."""
+    fake = tmp_path / "qsub"
+    fake.write_text('#!/bin/sh\n[ -f "$1" ] || exit 9\nls -l "$1" | cut -c1-10\ncat "$1"\necho 42.srv\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    argv = pbs.submit_argv()
+    proc = subprocess.run(argv, input="#PBS -N x\necho hi\n", capture_output=True, text=True,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:3] == ["-rw-------", "#PBS -N x", "echo hi"]
+    assert pbs.parse_job_id(proc.stdout) == "42.srv"
+    assert [p.name for p in tmp_path.iterdir()] == ["qsub"]   # temp script removed
+
+
+def test_state_map_letters() -> None:
+    assert set(STATE_MAP) == set("BEFHMQRSTUWXC")
+
+
+@pytest.mark.parametrize(("text", "host"), [
+    ("node01/0*2+node02/0", "node01"), ("node01/0-1+node02/0", "node01"), ("node01/1", "node01"),
+    ("--", None), (None, None), ("", None),
+])
+def test_first_exec_host(text: str | None, host: str | None) -> None:
+    assert first_exec_host(text) == host
+
+
+def test_pbspro_wrapped_values_are_joined() -> None:
+    attrs = parse_qstat_full(captured("pbspro_qstat_f_doc.txt"))["1234.pbsserver"]
+    assert "PBS_O_LOGNAME=alice," in attrs["Variable_List"]
+    assert attrs["Variable_List"].endswith("PBS_O_HOST=login1.example.org")
+    assert attrs["Submit_arguments"] == "/tmp/hpcnb-job.Xk3v9Q"
+
+
+# (file, job id, state, node, time left, reason contains, expected start, exit code)
+TABLE = [
+    ("pbspro_qstat_f_doc.txt", "1234.pbsserver", JobState.RUNNING, "node01", 2995, "Job run", None,
+     None),
+    ("pbspro_qstat_f_doc.txt", "1235.pbsserver", JobState.PENDING, None, 14400,
+     "Insufficient amount of resource: ngpus (R: 1 A: 0 T: 4)", "Thu May  2 14:30:00 2024", None),
+    ("pbspro_qstat_f_doc.txt", "1236.pbsserver", JobState.HELD, None, 1800, None, None, None),
+    ("pbspro_qstat_xf_history_doc.txt", "1240.pbsserver", JobState.COMPLETED, "node01", None,
+     "finished", None, "0"),
+    ("pbspro_qstat_xf_history_doc.txt", "1241.pbsserver", JobState.CANCELLED, "node02", None,
+     "terminated", None, "271"),
+    ("pbspro_qstat_xf_history_doc.txt", "1242.pbsserver", JobState.TIMEOUT, "node01", None,
+     "failed", None, "-29"),
+    ("pbspro_qstat_xf_history_doc.txt", "1243.pbsserver", JobState.FAILED, "node01", None, None,
+     None, "3"),
+    ("pbspro_qstat_xf_history_doc.txt", "1244.pbsserver", JobState.OUT_OF_MEMORY, None, None, None,
+     None, "-27"),
+    ("torque_qstat_f_doc.txt", "77.torqueserver.example.org", JobState.RUNNING, "node01", 3594,
+     None, None, None),
+    ("torque_qstat_f_doc.txt", "78.torqueserver.example.org", JobState.COMPLETED, "node02", None,
+     None, None, "0"),
+    ("torque_qstat_f_doc.txt", "79.torqueserver.example.org", JobState.TIMEOUT, "node02", None,
+     None, None, "271"),
+    ("torque_qstat_fx_xml_doc.txt", "80.torqueserver.example.org", JobState.FAILED, "node03", None,
+     None, None, "2"),
+    # Slurm's wrapper: no resources_used, so a running job's time left is unknown.
+    ("torque_wrapper_qstat_f_doc.txt", "51", JobState.RUNNING, "node01", None, None, None, None),
+    ("torque_wrapper_qstat_f_doc.txt", "52", JobState.PENDING, None, 1800, None, None, None),
+    ("torque_wrapper_qstat_f_doc.txt", "50", JobState.COMPLETED, "node02", None, None, None, None),
+]
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[f"{r[0]}:{r[1]}" for r in TABLE])
+def test_parse_status(row: tuple) -> None:
+    name, job_id, state, node, left, reason, start, exit_code = row
+    st = pbs.parse_status(captured(name))[job_id]
+    assert (st.state, st.node, st.time_left_s, st.expected_start, st.exit_code) == (
+        state, node, left, start, exit_code)
+    assert (reason is None and st.reason is None) or (reason and reason in (st.reason or ""))
+    assert st.name == "hpcnb"
+
+
+def test_history_parses_like_status() -> None:
+    jobs = pbs.parse_history(captured("pbspro_qstat_xf_history_doc.txt"))
+    assert len(jobs) == 5 and all(j.state.is_final for j in jobs.values())
+
+
+@pytest.mark.parametrize(("err", "code"), [
+    ("qstat: Unknown Job Id 99.pbsserver\n", 153),
+    ("qstat: Unknown Job Id Error 99.torqueserver\n", 153),
+    ("qstat: 1240.pbsserver Job has finished, use -x or -H to obtain historical job information\n",
+     35),
+    ("", 153),   # Slurm's wrapper: nothing printed, `$rc = 153` (/usr/bin/qstat)
+])
+def test_unknown_job(err: str, code: int) -> None:
+    assert pbs.is_unknown_job_error(err, code)
+    assert not pbs.controller_unavailable(err, code)
+
+
+def test_empty_stderr_is_not_unknown_job_without_153() -> None:
+    assert not pbs.is_unknown_job_error("", 1)
+    assert not pbs.is_unknown_job_error("")
+
+
+@pytest.mark.parametrize("err", [
+    "Connection refused\nqstat: cannot connect to server pbsserver (errno=15010)\n",
+    "Cannot connect to default server host 'torqueserver' - check pbs_server daemon\n",
+    captured("torque_wrapper_qstat_controller_down_22.05.txt"),
+    captured("slurm_squeue_controller_down_22.05.txt"),
+])
+def test_controller_down(err: str) -> None:
+    assert pbs.controller_unavailable(err, 8)
+
+
+def test_wrapper_has_no_history_captured() -> None:
+    err = captured("torque_wrapper_qstat_x_unsupported_22.05.txt")
+    assert pbs.history_unsupported(err, 2)
+    assert not pbs.controller_unavailable(err, 2)
+    assert not pbs.is_unknown_job_error(err, 2)
