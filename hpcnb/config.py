@@ -41,12 +41,12 @@ PARTITION_FLAGS = {"slurm": ("--partition", "--qos"), "pbs": ("-q",)}
 ACCOUNT_FLAGS = {"slurm": ("--account",), "pbs": ("-A", "-P")}
 GPU_FLAGS = {"slurm": ("--gpus", "--gres", "--gpus-per-node"), "pbs": ("ngpus", "naccelerators")}
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
-_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
+_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line: one line,
 # and a conservative character set so no site file can smuggle shell text into the header.
-_DIRECTIVE_RE = re.compile(r"^-[A-Za-z0-9 ._:=/@+,%-]{1,200}$")
+_DIRECTIVE_RE = re.compile(r"^-[A-Za-z0-9 ._:=/@+,%-]{1,200}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -205,7 +205,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     for key in ("partition", "account"):
         v = values.get(key)
         if v is not None and not SCHED_NAME_RE.match(v):
-            raise ConfigError(f"{where}: {key} {v!r} must match {SCHED_NAME_RE.pattern}")
+            raise ConfigError(f"{where}: {key} {v!r} must be 1-64 letters, digits, . _ -")
     for line in values.get("setup", ()):
         if _CONTROL_RE.search(line):
             raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
@@ -278,7 +278,7 @@ def _load_user() -> _UserConfig:
     checked: dict[str, dict[str, Any]] = {}
     for name, table in clusters.items():
         if not _CLUSTER_NAME_RE.match(name):
-            raise ConfigError(f"{file}: cluster name {name!r} must match {_CLUSTER_NAME_RE.pattern}")
+            raise ConfigError(f"{file}: cluster name {name!r} must be 1-64 letters, digits, . _ -")
         if not isinstance(table, dict):
             raise ConfigError(f"{file}: clusters.{name} must be a table")
         checked[name] = _check_table(table, file, f"clusters.{name}", allow=("extends",))

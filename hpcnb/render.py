@@ -26,7 +26,7 @@ from hpcnb.request import JobRequest
 TEMPLATES = {"slurm": "slurm.sh.j2", "pbs": "pbs.sh.j2", "local": "local.sh.j2"}
 LAUNCHER = "launcher.py"
 DELIMITER = "HPCNB_LAUNCHER_EOF"
-_DIRECTIVE_LINE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+$")
+_DIRECTIVE_LINE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 

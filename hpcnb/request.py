@@ -17,18 +17,18 @@ if TYPE_CHECKING:
     from hpcnb.config import ClusterConfig
 
 # Slurm partition/account and PBS queue/project names: letters, digits, '.', '_', '-'.
-SCHED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SCHED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 MAX_SECONDS = 365 * 86400
 MAX_COUNT = 4096
 MAX_MEM_MB = 1024 * 1024 * 1024  # 1 PiB, far above any node
 DEFAULT_HOURS = 1.0
 
 _TIME_RES = (
-    re.compile(r"^(?P<d>\d{1,3})-(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2})$"),
-    re.compile(r"^(?P<h>\d{1,4}):(?P<m>\d{1,2}):(?P<s>\d{1,2})$"),
-    re.compile(r"^(?P<m>\d{1,5}):(?P<s>\d{1,2})$"),
+    re.compile(r"^(?P<d>\d{1,3})-(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2})\Z"),
+    re.compile(r"^(?P<h>\d{1,4}):(?P<m>\d{1,2}):(?P<s>\d{1,2})\Z"),
+    re.compile(r"^(?P<m>\d{1,5}):(?P<s>\d{1,2})\Z"),
 )
-_MEM_RE = re.compile(r"^(?P<n>\d{1,12}(?:\.\d{1,6})?)\s?(?P<u>[KMGT])(?:I?B)?$", re.IGNORECASE)
+_MEM_RE = re.compile(r"^(?P<n>\d{1,12}(?:\.\d{1,6})?)\s?(?P<u>[KMGT])(?:I?B)?\Z", re.IGNORECASE)
 _MEM_FACTOR_MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
@@ -121,7 +121,7 @@ def parse_time(value: Any) -> int:
     if not isinstance(value, str):
         raise _refuse("--time", value, allowed)
     for rx in _TIME_RES:
-        m = rx.match(value.strip())
+        m = rx.fullmatch(value)
         if not m:
             continue
         parts = {k: int(v) for k, v in m.groupdict().items()}
@@ -141,7 +141,7 @@ def parse_mem(value: Any) -> int:
     allowed = "a size with a unit K, M, G or T (e.g. 4G, 500M, 16GB)"
     if not isinstance(value, str):
         raise _refuse("--mem", value, allowed)
-    m = _MEM_RE.match(value.strip())
+    m = _MEM_RE.fullmatch(value)
     if not m:
         raise _refuse("--mem", value, allowed)
     mb = math.ceil(float(m["n"]) * _MEM_FACTOR_MB[m["u"].upper()])
@@ -156,7 +156,7 @@ def _count(flag: str, value: Any) -> int:
     allowed = f"a whole number 1..{MAX_COUNT}"
     if isinstance(value, bool):
         raise _refuse(flag, value, allowed)
-    if isinstance(value, str) and re.fullmatch(r"\d{1,5}", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"\d{1,5}", value):
         value = int(value)
     if not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
         raise _refuse(flag, value, allowed)
