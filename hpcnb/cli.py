@@ -1,0 +1,318 @@
+"""The `hpcnb` command: flags in, tables and JSON out, errors to one line and an exit code.
+
+Only click is imported at start-up (so `hpcnb --help` is fast); each command imports what it needs.
+This is the only module that prints to the user or chooses the process's exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+cluster_option = click.option(
+    "--cluster", "-c", metavar="NAME", envvar="HPCNB_CLUSTER",
+    help="Cluster from your config or the shipped site configs [default: your default_cluster, "
+         "else $HPCNB_CLUSTER, else local].",
+)
+accept_key_option = click.option(
+    "--accept-new-host-key", is_flag=True,
+    help="Trust a login or node host key seen for the first time (like OpenSSH accept-new); a "
+         "changed key is still refused.",
+)
+
+
+def say(message: str) -> None:
+    """Progress and notes go to stderr, so stdout stays clean for URLs, tables and JSON."""
+    click.echo(message, err=True)
+
+
+def _context(cluster: str | None, accept_new_host_key: bool = False):
+    from hpcnb.config import load_cluster
+    from hpcnb.context import Context
+
+    return Context(load_cluster(cluster), notify=say, accept_new_host_key=accept_new_host_key)
+
+
+def _store():
+    from hpcnb.paths import state_dir
+    from hpcnb.store import Store
+
+    return Store(state_dir() / "sessions.db")
+
+
+def _sigterm_is_interrupt() -> None:
+    """SIGTERM detaches exactly like Ctrl-C: the job keeps running."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _detach_note(cluster: str, job_id: str) -> None:
+    say(f"detached; job {job_id} keeps running.\n"
+        f"  attach again: hpcnb attach {job_id} --cluster {cluster}\n"
+        f"  end it:       hpcnb cancel {job_id} --cluster {cluster}")
+
+
+def _open_browser(url: str) -> None:
+    import threading
+    import webbrowser
+
+    threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+
+def _progress_printer() -> Callable[[Any], None]:
+    last: list[str] = []
+
+    def show(progress: Any) -> None:
+        status = progress.status
+        if progress.phase == "ready":
+            line = "notebook ready"
+        elif progress.phase == "starting":
+            line = f"running on {status.node or '?'}; starting notebook"
+        elif progress.phase == "unknown":
+            line = "scheduler not answering; still waiting"
+        else:
+            line = "queued"
+            if status is not None and status.reason and status.reason not in {"None", "(null)"}:
+                line += f" ({status.reason})"
+            if status is not None and status.expected_start:
+                line += f", expected start {status.expected_start}"
+        if not last or last[-1] != line:
+            last.append(line)
+            say(f"[{int(progress.elapsed):>4d}s] {line}")
+
+    return show
+
+
+def _hold(ctx, store, job_id: str, handshake, port: int | None, no_browser: bool,
+          node: str | None) -> None:
+    from hpcnb.attach import hold
+
+    def ready(attached) -> None:
+        click.echo(attached.url)
+        sys.stdout.flush()
+        say(f"tunnel up on 127.0.0.1:{attached.local_port}; Ctrl-C detaches (the job keeps running)")
+        if not no_browser:
+            _open_browser(attached.url)
+
+    try:
+        hold(ctx, store, job_id, handshake, port=port, on_ready=ready, node=node,
+             stop=__import__("threading").Event())
+    except KeyboardInterrupt:
+        _detach_note(ctx.cfg.name, job_id)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpcnb")
+def cli() -> None:
+    """Jupyter on an HPC compute node, in one command.
+
+    \b
+      hpcnb submit --partition gpu --hours 4   # job script -> queue -> tunnel -> browser
+      hpcnb list                               # your sessions: state, node, time left
+      hpcnb attach JOBID                       # tunnel again, from any laptop
+      hpcnb cancel JOBID                       # end it
+      hpcnb logs JOBID                         # the job's output
+    """
+
+
+@cli.command()
+@cluster_option
+@click.option("--partition", "-p", help="Partition (Slurm) or queue (PBS).")
+@click.option("--hours", help="Walltime in hours, e.g. 4 or 0.5 [default: 1].")
+@click.option("--time", "time_", metavar="HH:MM:SS", help="Walltime as [D-]HH:MM:SS (instead of --hours).")
+@click.option("--account", "-A", help="Account / project to charge.")
+@click.option("--cpus", help="CPU cores.")
+@click.option("--mem", help="Memory, e.g. 16G.")
+@click.option("--gpus", help="GPUs.")
+@click.option("--name", help="Job name [default: hpcnb].")
+@click.option("--notebook-dir", help="Folder on the cluster Jupyter opens in [default: home].")
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port for the tunnel [default: free].")
+@click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
+@click.option("--no-attach", is_flag=True, help="Return once the notebook is ready.")
+@click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
+@accept_key_option
+def submit(cluster, partition, hours, time_, account, cpus, mem, gpus, name, notebook_dir, port,
+           no_browser, no_attach, dry_run, accept_new_host_key) -> None:
+    """Submit a notebook job, wait for it, tunnel to it and open the browser."""
+    from hpcnb.config import load_cluster
+    from hpcnb.render import render_script
+    from hpcnb.request import build_request
+
+    cfg = load_cluster(cluster)
+    request = build_request(cfg, partition=partition, hours=hours, time=time_, account=account,
+                            cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir)
+    script = render_script(cfg, request, cfg.scheduler)
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    from hpcnb import session
+    from hpcnb.context import Context
+
+    _sigterm_is_interrupt()
+    with Context(cfg, notify=say, accept_new_host_key=accept_new_host_key) as ctx, _store() as store:
+        job_id = session.submit(ctx, store, request, script)
+        say(f"submitted job {job_id} to {cfg.name}")
+        try:
+            handshake = session.wait_until_ready(ctx, store, job_id, on_progress=_progress_printer())
+        except KeyboardInterrupt:
+            _detach_note(cfg.name, job_id)
+            return
+        if no_attach:
+            click.echo(job_id)
+            say(f"notebook ready. attach: hpcnb attach {job_id} --cluster {cfg.name}")
+            return
+        record = store.get(cfg.name, job_id)
+        _hold(ctx, store, job_id, handshake, port, no_browser, record.node if record else None)
+
+
+@cli.command()
+@click.argument("job_id")
+@cluster_option
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port for the tunnel [default: free].")
+@click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
+@accept_key_option
+def attach(job_id, cluster, port, no_browser, accept_new_host_key) -> None:
+    """Tunnel to a running session again (from any laptop)."""
+    from hpcnb import session
+    from hpcnb.errors import JobEnded
+
+    _sigterm_is_interrupt()
+    with _context(cluster, accept_new_host_key) as ctx, _store() as store:
+        status = session.known_status(ctx, store, job_id)
+        if status.state.is_final:
+            raise JobEnded(f"job {job_id} has ended ({status.state.value})",
+                           hint=f"hpcnb logs {job_id} --cluster {ctx.cfg.name}")
+        _remember(ctx, store, job_id, status)
+        try:
+            handshake = session.read_handshake(ctx, job_id)
+            if handshake is None or session.read_ended(ctx, job_id) is not False:
+                handshake = session.wait_until_ready(ctx, store, job_id,
+                                                     on_progress=_progress_printer())
+        except KeyboardInterrupt:
+            _detach_note(ctx.cfg.name, job_id)
+            return
+        _hold(ctx, store, job_id, handshake, port, no_browser, status.node)
+
+
+def _remember(ctx, store, job_id: str, status) -> None:
+    """A session started from another laptop becomes known to this one's store."""
+    import time
+
+    from hpcnb.store import SessionRecord
+
+    if store.get(ctx.cfg.name, job_id) is None:
+        now = time.time()
+        store.add(SessionRecord(
+            cluster=ctx.cfg.name, job_id=job_id, name=status.name, scheduler=ctx.cfg.scheduler,
+            partition=status.partition, tunnel=ctx.cfg.tunnel, submitted_at=now,
+            state=status.state.value, node=status.node, time_left_s=status.time_left_s, updated_at=now))
+
+
+def _hms(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    days, rest = divmod(int(seconds), 86400)
+    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+@cli.command(name="list")
+@cluster_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list instead of a table.")
+@click.option("--all", "include_ended", is_flag=True, help="Include sessions that have ended.")
+@accept_key_option
+def list_(cluster, as_json, include_ended, accept_new_host_key) -> None:
+    """Your sessions on the cluster: state, node, time left."""
+    from hpcnb import session
+
+    with _context(cluster, accept_new_host_key) as ctx, _store() as store:
+        records = session.refresh(ctx, store, include_ended=include_ended)
+    rows = [{
+        "job_id": r.job_id, "cluster": r.cluster, "name": r.name, "state": r.state,
+        "partition": r.partition, "node": r.node,
+        "time_left": r.time_left_s if r.ended_at is None else None,
+        "submitted_at": r.submitted_at, "tunnel": r.tunnel,
+    } for r in records]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        say(f"no {'' if include_ended else 'active '}sessions on {ctx.cfg.name}"
+            + ("" if include_ended else " (--all shows ended ones)"))
+        return
+    from tabulate import tabulate
+
+    table = [[r["job_id"], r["cluster"], r["name"] or "", r["state"], r["partition"] or "",
+              r["node"] or "", _hms(r["time_left"])] for r in rows]
+    click.echo(tabulate(table, headers=["JOB ID", "CLUSTER", "NAME", "STATE", "PARTITION", "NODE",
+                                        "TIME LEFT"]))
+
+
+@cli.command()
+@click.argument("job_id")
+@cluster_option
+@accept_key_option
+def cancel(job_id, cluster, accept_new_host_key) -> None:
+    """End a session (scancel / qdel)."""
+    from hpcnb import session
+
+    with _context(cluster, accept_new_host_key) as ctx, _store() as store:
+        status = session.cancel(ctx, store, job_id)
+    say(f"job {job_id}: {status.state.value}")
+
+
+@cli.command()
+@click.argument("job_id")
+@cluster_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
+@accept_key_option
+def logs(job_id, cluster, follow, accept_new_host_key) -> None:
+    """The job's output (read over the login connection)."""
+    from hpcnb import session
+
+    out = click.get_binary_stream("stdout")
+    with _context(cluster, accept_new_host_key) as ctx, _store() as store:
+        try:
+            for chunk in session.logs(ctx, store, job_id, follow=follow):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every error becomes one line on stderr and a documented exit code."""
+    from hpcnb.errors import HpcnbError
+
+    try:
+        cli.main(args=argv, prog_name="hpcnb", standalone_mode=False)
+    except HpcnbError as exc:
+        say(f"hpcnb: error: {exc.message}")
+        if exc.hint:
+            say(f"hint: {exc.hint}")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as exc:  # a bug: one line unless asked for the traceback
+        if os.environ.get("HPCNB_DEBUG"):
+            raise
+        say(f"hpcnb: internal error: {type(exc).__name__}: {exc} (set HPCNB_DEBUG=1 for a traceback)")
+        sys.exit(EXIT_INTERNAL)

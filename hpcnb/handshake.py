@@ -1,0 +1,99 @@
+"""The job -> hpcnb handshake: where the job's files are and what connection.json holds.
+
+The job (templates/_body.sh.j2 and templates/launcher.py) writes, in the user's home on the
+cluster's shared file system:
+
+    .hpcnb/sessions/<job id>/connection.json   once Jupyter answers (atomic rename, mode 0600)
+    .hpcnb/sessions/<job id>/ended             when the job's notebook stops, for any reason
+    .hpcnb/sessions/<job id>/job.log           everything the job prints
+
+hpcnb reads them over the login connection, so any laptop can attach at any time. No log
+scraping, and no `jupyter server list` on a login node.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from hpcnb.errors import HpcnbError
+
+SESSIONS_DIR = ".hpcnb/sessions"
+
+
+def session_dir(job_id: str) -> str:
+    return f"{SESSIONS_DIR}/{job_id}"
+
+
+def connection_path(job_id: str) -> str:
+    return f"{session_dir(job_id)}/connection.json"
+
+
+def ended_path(job_id: str) -> str:
+    return f"{session_dir(job_id)}/ended"
+
+
+def log_path(job_id: str) -> str:
+    return f"{session_dir(job_id)}/job.log"
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What a running notebook told us: where it listens and its token."""
+
+    job_id: str
+    host: str | None
+    port: int | None
+    socket: str | None
+    token: str
+    tunnel: str
+    base_url: str = "/"
+    walltime_end: float | None = None
+    started: float | None = None
+
+    def url(self, local_port: int, path: str = "lab") -> str:
+        base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        return f"http://127.0.0.1:{local_port}{base}{path}?token={quote(self.token, safe='')}"
+
+
+def parse_handshake(data: bytes, job_id: str) -> Handshake:
+    """connection.json -> Handshake; a damaged file is an error that says which job's file."""
+    try:
+        doc = json.loads(data)
+        token = doc["token"]
+        if not isinstance(token, str) or not token:
+            raise ValueError("empty token")
+        port = doc.get("port")
+        return Handshake(
+            job_id=job_id,
+            host=doc.get("host"),
+            port=int(port) if port is not None else None,
+            socket=doc.get("socket"),
+            token=token,
+            tunnel=str(doc.get("tunnel") or "direct"),
+            base_url=str(doc.get("base_url") or "/"),
+            walltime_end=_float(doc.get("walltime_end")),
+            started=_float(doc.get("started")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HpcnbError(
+            f"job {job_id}: {connection_path(job_id)} is not a valid handshake ({exc})",
+            hint="see `hpcnb logs " + job_id + "`",
+        ) from exc
+
+
+def parse_ended(data: bytes) -> int | None:
+    """The exit code recorded in the `ended` file, if it says one."""
+    try:
+        code = json.loads(data).get("exit_code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
