@@ -1,0 +1,165 @@
+"""Rendered job scripts: valid bash for every site config and scheduler, safe directives, no token."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from hpcnb.config import ClusterConfig, list_clusters, load_cluster
+from hpcnb.errors import ConfigError, UsageError
+from hpcnb.render import DELIMITER, render_script, shq
+from hpcnb.request import build_request
+
+DIRECTIVE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
+HOSTILE = 'it\'s $(id) `id` "x" ; rm -rf ~ \\ $HOME *'
+
+
+@pytest.fixture(autouse=True)
+def _no_user_config(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("HPCNB_CLUSTER", raising=False)
+    monkeypatch.delenv("HPCNB_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "none"))
+
+
+def bash_n(script: str) -> None:
+    bash = shutil.which("bash")
+    assert bash
+    proc = subprocess.run([bash, "-n"], input=script, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def directives(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith(("#SBATCH", "#PBS"))]
+
+
+CASES = [
+    {},
+    {"account": "m1234", "cpus": 4, "mem": "16G", "gpus": 2, "hours": 10, "name": "nb-1"},
+    {"partition": "debug", "time": "00:30:00", "mem": "500M", "notebook_dir": HOSTILE},
+]
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "local"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("cluster", [c.name for c in list_clusters()])
+def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) -> None:
+    cfg = load_cluster(cluster)
+    values = dict(CASES[case])
+    values.setdefault("account", "ab12")
+    script = render_script(cfg, build_request(cfg, **values), scheduler)  # type: ignore[arg-type]
+    assert script.startswith("#!/bin/bash\n")
+    bash_n(script)
+    for line in directives(script):
+        assert DIRECTIVE.match(line), line
+    assert script.count(f"<<'{DELIMITER}'") == 1
+    assert "JUPYTER_TOKEN" not in script.split(f"<<'{DELIMITER}'")[0]
+
+
+def test_slurm_directives_exact() -> None:
+    cfg = load_cluster("perlmutter")
+    r = build_request(cfg, account="m1234", cpus=4, mem="16G", gpus=1, hours=26, name="nb")
+    assert directives(render_script(cfg, r, "slurm")) == [
+        "#SBATCH --job-name=nb",
+        "#SBATCH --time=1-02:00:00",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --qos=shared",
+        "#SBATCH --account=m1234",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16G",
+        "#SBATCH --gpus=1",
+        "#SBATCH --constraint=cpu",
+        "#SBATCH --output=/dev/null",
+        "#SBATCH --error=/dev/null",
+    ]
+
+
+def test_gres_flag() -> None:
+    cfg = dataclasses.replace(load_cluster("euler"), gpu_flag="--gres")
+    assert "#SBATCH --gres=gpu:2" in render_script(cfg, build_request(cfg, gpus=2), "slurm")
+
+
+def test_pbs_select_and_flat() -> None:
+    derecho = load_cluster("derecho")
+    r = build_request(derecho, account="UABC0001", cpus=8, mem="20G", gpus=1, hours=2)
+    d = directives(render_script(derecho, r, "pbs"))
+    assert "#PBS -l select=1:ncpus=8:mem=20gb:ngpus=1" in d
+    assert "#PBS -l walltime=02:00:00" in d and "#PBS -q develop" in d and "#PBS -A UABC0001" in d
+    gadi = load_cluster("gadi")
+    d = directives(render_script(gadi, build_request(gadi, account="ab12", cpus=12, mem="4G"), "pbs"))
+    assert "#PBS -P ab12" in d and "#PBS -l ncpus=12,mem=4gb" in d
+    assert not any("select" in line for line in d)
+
+
+def test_pbs_without_resources_has_no_select() -> None:
+    cfg = load_cluster("local")
+    assert not any("-l select" in x for x in directives(render_script(cfg, build_request(cfg), "pbs")))
+
+
+def test_local_walltime_line_and_no_directives() -> None:
+    cfg = load_cluster("local")
+    script = render_script(cfg, build_request(cfg, time="01:30:00"), "local")
+    assert "\n# hpcnb-walltime-seconds: 5400\n" in script
+    assert directives(script) == []
+
+
+def test_hostile_values_are_quoted_once() -> None:
+    cfg = load_cluster("local")
+    script = render_script(cfg, build_request(cfg, notebook_dir=HOSTILE), "local")
+    line = next(x for x in script.splitlines() if x.startswith("export HPCNB_NOTEBOOK_DIR="))
+    assert shlex.split(line.split("=", 1)[1]) == [HOSTILE]
+    out = subprocess.run(
+        ["bash", "-c", line + '\nprintf %s "$HPCNB_NOTEBOOK_DIR"'], capture_output=True, text=True
+    )
+    assert out.stdout == HOSTILE
+
+
+def test_setup_lines_are_code_but_one_line_each() -> None:
+    cfg = dataclasses.replace(load_cluster("local"), setup=("module load python", "export A=1"))
+    script = render_script(cfg, build_request(cfg), "local")
+    assert "\nmodule load python\nexport A=1\n" in script
+    bad = dataclasses.replace(cfg, setup=("ok\nrm -rf ~",))
+    with pytest.raises(ConfigError, match="one line"):
+        render_script(bad, build_request(cfg), "local")
+
+
+def test_directive_check_is_last_line_of_defence() -> None:
+    cfg = dataclasses.replace(load_cluster("euler"), extra_directives=("--comment=$(id)",))
+    with pytest.raises(UsageError, match="directive"):
+        render_script(cfg, build_request(cfg), "slurm")
+
+
+def test_shq() -> None:
+    assert shq("plain") == "plain"
+    assert shq("a b") == "'a b'"
+    assert shq(5) == "5"
+    with pytest.raises(UsageError):
+        shq("a\x00b")
+    with pytest.raises(TypeError):
+        shq(None)
+
+
+def test_unknown_scheduler() -> None:
+    cfg = load_cluster("local")
+    with pytest.raises(ConfigError, match="sge"):
+        render_script(cfg, build_request(cfg), "sge")
+
+
+def test_template_dir_override(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "local.sh.j2").write_text("#!/bin/bash\n# custom {{ request.name | shq }}\n")
+    cfg: ClusterConfig = dataclasses.replace(load_cluster("local"), template_dir=str(tmp_path))
+    assert render_script(cfg, build_request(cfg, name="x"), "local") == "#!/bin/bash\n# custom x\n"
+
+
+def test_strict_undefined(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "local.sh.j2").write_text("#!/bin/bash\n{{ request.nope }}\n")
+    cfg = dataclasses.replace(load_cluster("local"), template_dir=str(tmp_path))
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        render_script(cfg, build_request(cfg), "local")
