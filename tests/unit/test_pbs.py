@@ -112,10 +112,15 @@ TABLE = [
      None, None, "271"),
     ("torque_qstat_fx_xml_doc.txt", "80.torqueserver.example.org", JobState.FAILED, "node03", None,
      None, None, "2"),
-    # Slurm's wrapper: no resources_used, so a running job's time left is unknown.
-    ("torque_wrapper_qstat_f_doc.txt", "51", JobState.RUNNING, "node01", None, None, None, None),
-    ("torque_wrapper_qstat_f_doc.txt", "52", JobState.PENDING, None, 1800, None, None, None),
-    ("torque_wrapper_qstat_f_doc.txt", "50", JobState.COMPLETED, "node02", None, None, None, None),
+    # Slurm's wrapper, live (testbed): no resources_used, so a running job's time left is unknown;
+    # every ended job is C with no exit status (job 2 exited 3, job 6 was cancelled).
+    ("torque_wrapper_qstat_f_22.05.txt", "3", JobState.RUNNING, "node01", None, None, None, None),
+    ("torque_wrapper_qstat_f_22.05.txt", "4", JobState.PENDING, None, 300, None, None, None),
+    ("torque_wrapper_qstat_f_22.05.txt", "5", JobState.PENDING, None, 300, None, None, None),
+    ("torque_wrapper_qstat_f_22.05.txt", "2", JobState.COMPLETED, "node01", None, None, None, None),
+    ("torque_wrapper_qstat_f_22.05.txt", "6", JobState.COMPLETED, "node01", None, None, None, None),
+    ("torque_wrapper_qstat_f_ended_22.05.txt", "3", JobState.COMPLETED, "node01", None, None, None,
+     None),
 ]
 
 
@@ -127,6 +132,14 @@ def test_parse_status(row: tuple) -> None:
         state, node, left, start, exit_code)
     assert (reason is None and st.reason is None) or (reason and reason in (st.reason or ""))
     assert st.name == "hpcnb"
+
+
+def test_wrapper_live_names_and_tabs() -> None:
+    jobs = pbs.parse_status(captured("torque_wrapper_qstat_f_22.05.txt"))
+    assert set(jobs) == {"1", "2", "3", "4", "5", "6"}
+    assert jobs["1"].name == "hpcnb|pipe" and jobs["5"].partition == "gpu"
+    # job 7 had been purged: the wrapper skips it silently (exit 0 since others were found)
+    assert "7" not in pbs.parse_status(captured("torque_wrapper_qstat_f_ended_22.05.txt"))
 
 
 def test_history_parses_like_status() -> None:

@@ -184,3 +184,63 @@ def test_history_unsupported_captured() -> None:
     err = captured("slurm_sacct_no_accounting_22.05.txt")
     assert slurm.history_unsupported(err, 1)
     assert not slurm.history_unsupported(err, 0)
+
+
+# ---- live captures from the testbed (Slurm 22.05.8) ---------------------------------------------
+
+# (file, job id, state, node, reason, time left, expected start, name)
+LIVE_SQUEUE = [
+    ("slurm_squeue_22.05.txt", "1", JobState.RUNNING, "node01", None, 291, None, "hpcnb|pipe"),
+    ("slurm_squeue_22.05.txt", "2", JobState.FAILED, "node01", "NonZeroExitCode", 300, None,
+     "hpcnb"),
+    ("slurm_squeue_22.05.txt", "3", JobState.RUNNING, "node01", None, 51, None, "hpcnb"),
+    ("slurm_squeue_22.05.txt", "4", JobState.PENDING, None, "BeginTime", 300,
+     "2026-11-26T00:19:07", "hpcnb"),
+    ("slurm_squeue_22.05.txt", "5", JobState.PENDING, None, "JobHeldUser", 300, None, "hpcnb"),
+    ("slurm_squeue_22.05.txt", "6", JobState.CANCELLED, "node01", None, 297, None, "hpcnb"),
+    ("slurm_squeue_ended_22.05.txt", "1", JobState.COMPLETED, "node01", None, 200, None,
+     "hpcnb|pipe"),
+    ("slurm_squeue_ended_22.05.txt", "3", JobState.TIMEOUT, "node01", "TimeLimit", None, None,
+     "hpcnb"),
+    ("slurm_squeue_start_22.05.txt", "4", JobState.PENDING, None, "BeginTime", 300,
+     "2026-11-26T00:19:07", "hpcnb"),
+]
+
+
+@pytest.mark.parametrize("row", LIVE_SQUEUE, ids=[f"{r[0]}:{r[1]}" for r in LIVE_SQUEUE])
+def test_parse_status_live(row: tuple) -> None:
+    name, job_id, state, node, reason, left, start, job_name = row
+    st = slurm.parse_status(captured(name))[job_id]
+    assert (st.state, st.node, st.reason, st.time_left_s, st.expected_start, st.name) == (
+        state, node, reason, left, start, job_name)
+
+
+def test_purged_job_is_absent_live() -> None:
+    # Job 7 had ended and left slurmctld's memory: squeue simply does not print it (exit 0).
+    assert "7" not in slurm.parse_status(captured("slurm_squeue_ended_22.05.txt"))
+
+
+LIVE_SACCT = [
+    ("slurm_sacct_22.05.txt", "1", JobState.RUNNING, "node01", "0:0"),
+    ("slurm_sacct_22.05.txt", "2", JobState.FAILED, "node01", "3:0"),
+    ("slurm_sacct_22.05.txt", "4", JobState.PENDING, None, "0:0"),
+    ("slurm_sacct_22.05.txt", "6", JobState.CANCELLED, "node01", "0:0"),
+    ("slurm_sacct_ended_22.05.txt", "1", JobState.COMPLETED, "node01", "0:0"),
+    ("slurm_sacct_ended_22.05.txt", "3", JobState.TIMEOUT, "node01", "0:0"),
+    ("slurm_sacct_ended_22.05.txt", "7", JobState.COMPLETED, "node01", "0:0"),
+    ("slurm_sacct_cancelled_pending_22.05.txt", "4", JobState.CANCELLED, None, "0:0"),
+    ("slurm_sacct_cancelled_pending_22.05.txt", "5", JobState.CANCELLED, None, "0:0"),
+]
+
+
+@pytest.mark.parametrize("row", LIVE_SACCT, ids=[f"{r[0]}:{r[1]}" for r in LIVE_SACCT])
+def test_parse_history_live(row: tuple) -> None:
+    name, job_id, state, node, exit_code = row
+    st = slurm.parse_history(captured(name))[job_id]
+    assert (st.state, st.node, st.exit_code) == (state, node, exit_code)
+
+
+def test_unknown_job_live() -> None:
+    err = captured("slurm_squeue_unknown_job_22.05.txt")
+    assert slurm.is_unknown_job_error(err, 1)
+    assert not slurm.controller_unavailable(err, 1)
