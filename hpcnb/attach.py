@@ -42,7 +42,6 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
         return lambda: _tcp(handshake.host or "127.0.0.1", handshake.port)
 
     mode = handshake.tunnel
-    target = handshake.host or node
     if mode == "direct":
         def connect():
             return ctx.connect()
@@ -50,10 +49,17 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
         def open_(conn):
             return conn.open_tcp(handshake.host, handshake.port)
     else:
+        # SSH to the node by the name the scheduler and the node itself use (resolved on the login
+        # host, like `ssh node01` there); its host key may be known under either name.
+        target = node or handshake.node
+        if not target:
+            raise HpcnbError(f"job {handshake.job_id}: neither the scheduler nor the job named its node")
+        aliases = tuple(n for n in (handshake.node,) if n and n != target)
+
         def connect():
             login = ctx.connect()
             try:
-                return login.jump(target, 22, name=node)
+                return login.jump(target, 22, host_key_names=aliases)
             except BaseException:
                 login.close()
                 raise

@@ -46,7 +46,13 @@ class Context:
         """A new connection to the cluster's login host (or this machine, for `local`)."""
         if self.is_local:
             return LocalRemote()
+        import logging
+
         from hpcnb.ssh import SSHRemote  # paramiko is slow to import: only when a command needs it
+
+        # paramiko logs refused channels itself; our errors already say it, in one line.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
+        logging.getLogger("paramiko").propagate = False
 
         return SSHRemote.from_config(self.cfg, accept_new_host_key=self.accept_new_host_key)
 

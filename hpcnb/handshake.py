@@ -48,6 +48,7 @@ class Handshake:
     socket: str | None
     token: str
     tunnel: str
+    node: str | None = None  # the node's own hostname, for the node-ssh and socket hops
     base_url: str = "/"
     walltime_end: float | None = None
     started: float | None = None
@@ -72,6 +73,7 @@ def parse_handshake(data: bytes, job_id: str) -> Handshake:
             socket=doc.get("socket"),
             token=token,
             tunnel=str(doc.get("tunnel") or "direct"),
+            node=doc.get("node") or None,
             base_url=str(doc.get("base_url") or "/"),
             walltime_end=_float(doc.get("walltime_end")),
             started=_float(doc.get("started")),
