@@ -96,9 +96,7 @@ def _hashed_matches(name: str, pattern: str) -> bool:
 
 def _glob(name: str, pattern: str) -> bool:
     """OpenSSH patterns: `*` and `?` only (so `[host]:port` is literal), case-insensitive."""
-    regex = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower()
-    )
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
     return re.fullmatch(regex, name.lower()) is not None
 
 
@@ -177,9 +175,7 @@ class KnownHosts:
                     known.append(alg)
         return known + [a for a in offered if a not in known]
 
-    def verify(
-        self, names: Sequence[str], key: paramiko.PKey, *, accept_new: bool = False
-    ) -> str | None:
+    def verify(self, names: Sequence[str], key: paramiko.PKey, *, accept_new: bool = False) -> str | None:
         """Accept `key` for `names` or raise HostKeyError. Returns the file a new key was added
         to (accept_new), else None."""
         label, fp, shown = key_label(key), fingerprint(key), names[0]

@@ -40,9 +40,7 @@ def free_port() -> int:
 
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)], check=True)
     return path
 
 

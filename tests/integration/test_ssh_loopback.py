@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import paramiko
 import pytest
@@ -302,3 +303,27 @@ def test_tunnel_reconnects_after_sshd_connection_killed(sshd: Sshd, http_port: i
 def test_cipher_is_aes_gcm(remote: SSHRemote) -> None:
     assert isinstance(remote.transport, paramiko.Transport)
     assert remote.transport.remote_cipher == "aes128-gcm@openssh.com"
+
+
+def test_known_hosts_wildcards_negation_revoked(sshd: Sshd) -> None:
+    key = " ".join(sshd.host_key.with_suffix(".pub").read_text().split()[:2])
+    kh = sshd.empty_known_hosts()
+    kh.write_text(f"[127.0.0.?]:{sshd.port} {key}\n")
+    login(sshd, kh).close()
+    kh.write_text(f"[127.0.0.*]:{sshd.port},![127.0.0.1]:{sshd.port} {key}\n")
+    with pytest.raises(HostKeyError, match="unknown host key"):
+        login(sshd, kh)
+    kh.write_text(f"# comment\n\n@revoked * {key}\n{sshd.host_name} {key}\n")
+    with pytest.raises(HostKeyError, match="@revoked"):
+        login(sshd, kh, accept_new=True)
+
+
+def test_from_config_duck_typed(sshd: Sshd) -> None:
+    cfg = SimpleNamespace(
+        name="loop", login_host="127.0.0.1", port=sshd.port, user=sshd.user,
+        identity_file=str(sshd.client_key), known_hosts=str(sshd.known_hosts()),
+    )  # fmt: skip
+    with SSHRemote.from_config(cfg) as remote:
+        assert remote.run(["true"]).exit_status == 0
+    with pytest.raises(SSHError, match="no login_host"):
+        SSHRemote.from_config(SimpleNamespace(**{**vars(cfg), "login_host": None}))
