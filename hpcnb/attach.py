@@ -59,7 +59,8 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
         def connect():
             login = ctx.connect()
             try:
-                return login.jump(target, 22, host_key_names=aliases)
+                return login.jump(target, 22, host_key_names=aliases,
+                                  accept_new_host_key=ctx.accept_new_host_key)
             except BaseException:
                 login.close()
                 raise

@@ -188,7 +188,8 @@ def test_concurrent_processes(tmp_path: Path) -> None:
         assert s.get("testbed", "3-40").node == "c3"
 
 
-def test_list_10000_rows_is_fast(tmp_path: Path) -> None:
+def test_list_10000_rows_newest_first(tmp_path: Path) -> None:
+    # Speed is measured by bench/run.py, never asserted here (shared, noisy machines).
     with Store(tmp_path / "sessions.db") as s:
         s._db.execute("BEGIN")  # one bulk transaction, for the setup only
         s._db.executemany(
@@ -196,13 +197,5 @@ def test_list_10000_rows_is_fast(tmp_path: Path) -> None:
             [tuple(vars(rec(str(i), submitted_at=float(i))).values()) for i in range(10_000)],
         )
         s._db.execute("COMMIT")
-        best = min(_timed(s.list) for _ in range(5))
         assert len(s.list()) == 10_000
         assert s.list(limit=1)[0].job_id == "9999"
-        assert best < 0.1, best
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t

@@ -1,0 +1,153 @@
+"""Driving the real `hpcnb` command from tests, and talking to the notebook through its tunnel.
+
+The tests run hpcnb as a user would (a subprocess of `python -m hpcnb`), and reach Jupyter only
+through the URL hpcnb prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+URL_RE = re.compile(r"^http://127\.0\.0\.1:(\d+)/lab\?token=(\S+)$")
+
+
+class Hpcnb:
+    """`python -m hpcnb` with a private state dir and the given config file."""
+
+    def __init__(self, state_dir: Path, config: Path | None = None, home: Path | None = None):
+        self.env = {**os.environ, "HPCNB_STATE_DIR": str(state_dir), "NO_COLOR": "1"}
+        self.env.pop("HPCNB_CLUSTER", None)
+        if config is not None:
+            self.env["HPCNB_CONFIG"] = str(config)
+        if home is not None:
+            self.env["HOME"] = str(home)
+
+    def run(self, *args: str, timeout: float = 240, check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "hpcnb", *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hpcnb {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    def submit(self, cluster: str, *extra: str) -> str:
+        proc = self.run("submit", "--cluster", cluster, "--no-browser", "--no-attach", *extra, check=True)
+        job_id = proc.stdout.strip().splitlines()[-1]
+        assert job_id, proc.stderr
+        return job_id
+
+    def list_json(self, cluster: str, *extra: str) -> list[dict]:
+        return json.loads(self.run("list", "--cluster", cluster, "--json", *extra, check=True).stdout)
+
+    def attach(self, job_id: str, cluster: str, *extra: str) -> Attached:
+        return Attached(self, job_id, cluster, extra)
+
+
+class Attached:
+    """`hpcnb attach` running in the background; the URL it printed; SIGINT to detach."""
+
+    def __init__(self, hpcnb: Hpcnb, job_id: str, cluster: str, extra: tuple[str, ...]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcnb", "attach", job_id, "--cluster", cluster, "--no-browser", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hpcnb.env,
+            stdin=subprocess.DEVNULL)
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.url = self._read_url(timeout=120)
+        match = URL_RE.match(self.url)
+        assert match, f"not a tunnel URL: {self.url!r}"
+        self.port = int(match.group(1))
+        self.token = parse_qs(urlparse(self.url).query)["token"][0]
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def _read_url(self, timeout: float) -> str:
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0].strip():
+            self.proc.kill()
+            raise AssertionError(f"attach printed no URL; stderr:\n{''.join(self.stderr_lines)}")
+        return result[0].strip()
+
+    def detach(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def __enter__(self) -> Attached:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.detach()
+
+    # --- the notebook, through the tunnel --------------------------------------------------------
+
+    def http(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | str]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+            try:
+                return response.status, json.loads(text)
+            except ValueError:
+                return response.status, text
+
+    def start_kernel(self) -> str:
+        status, kernel = self.http("POST", "/api/kernels", {"name": "python3"})
+        assert status == 201, kernel
+        return kernel["id"]
+
+    def execute(self, kernel_id: str, code: str, timeout: float = 60) -> str:
+        """Run code in the kernel over its websocket; the text/plain result (or the stream output)."""
+        import websocket
+
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels",
+            header=[f"Authorization: token {self.token}"], timeout=timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                           "msg_type": "execute_request", "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": True,
+                            "user_expressions": {}, "allow_stdin": False},
+            }))
+            deadline = time.monotonic() + timeout
+            output = ""
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg["msg_type"]
+                if kind == "execute_result":
+                    return msg["content"]["data"]["text/plain"]
+                if kind == "stream":
+                    output += msg["content"]["text"]
+                if kind == "error":
+                    raise AssertionError(f"kernel error: {msg['content']['ename']}: {msg['content']['evalue']}")
+                if kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return output
+            raise AssertionError(f"no result for {code!r} within {timeout} s")
+        finally:
+            ws.close()
