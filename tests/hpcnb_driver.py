@@ -145,7 +145,8 @@ class Attached:
                 if kind == "stream":
                     output += msg["content"]["text"]
                 if kind == "error":
-                    raise AssertionError(f"kernel error: {msg['content']['ename']}: {msg['content']['evalue']}")
+                    content = msg["content"]
+                    raise AssertionError(f"kernel error: {content['ename']}: {content['evalue']}")
                 if kind == "status" and msg["content"]["execution_state"] == "idle":
                     return output
             raise AssertionError(f"no result for {code!r} within {timeout} s")

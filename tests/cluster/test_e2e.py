@@ -44,7 +44,7 @@ def test_submit_attach_kernel_list_cancel(hpcnb, cluster):
     assert job_id.isdigit()
     try:
         with hpcnb.attach(job_id, cluster) as attached:
-            status, body = attached.http("GET", "/api/status")
+            status, _ = attached.http("GET", "/api/status")
             assert status == 200
             kernel = attached.start_kernel()
             assert attached.execute(kernel, "21*2") == "42"
