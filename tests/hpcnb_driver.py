@@ -27,7 +27,8 @@ class Hpcnb:
 
     def __init__(self, state_dir: Path, config: Path | None = None, home: Path | None = None):
         self.env = {**os.environ, "HPCNB_STATE_DIR": str(state_dir), "NO_COLOR": "1"}
-        self.env.pop("HPCNB_CLUSTER", None)
+        for inherited in ("HPCNB_CLUSTER", "HPCNB_CONFIG", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+            self.env.pop(inherited, None)
         if config is not None:
             self.env["HPCNB_CONFIG"] = str(config)
         if home is not None:
