@@ -23,7 +23,10 @@ QUEUE_POLL = (5.0, 10.0, 20.0, 30.0)
 # Once it runs, the handshake file (a file read, not a scheduler query) is what we watch closely.
 HANDSHAKE_POLL_RUNNING = 0.25
 HANDSHAKE_POLL_QUEUED = 2.0
+FOLLOW_STATUS_INTERVAL = 30.0
 LOG_TAIL_LINES = 15
+# The launcher's exit code when Jupyter never answered within start_timeout (templates/launcher.py).
+START_TIMEOUT_EXIT = 124
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,14 @@ def wait_until_ready(ctx: Context, store: Store, job_id: str, *,
             store.update_status(ctx.cfg.name, job_id, state=JobState.RUNNING.value,
                                 node=status.node if status else None)
             return found
-        if now >= next_query or read_ended(ctx, job_id) is not False:
+        ended = read_ended(ctx, job_id)
+        if ended == START_TIMEOUT_EXIT:
+            raise StartTimeout(
+                f"job {job_id}: Jupyter did not answer within {ctx.cfg.start_timeout} s of starting; "
+                "the job has stopped",
+                hint=f"hpcnb logs {job_id} --cluster {ctx.cfg.name}",
+            )
+        if now >= next_query or ended is not False:
             status = ctx.statuses([job_id]).get(job_id)
             misses = misses + 1 if status is None else 0
             if status is None and misses >= 3:
@@ -121,7 +131,7 @@ def wait_until_ready(ctx: Context, store: Store, job_id: str, *,
                 record_status(store, ctx.cfg.name, status)
                 if status.state.is_final:
                     raise job_ended_error(ctx, job_id, status, "ended before the notebook was ready")
-                if read_ended(ctx, job_id) is not False and status.state is not JobState.UNKNOWN:
+                if ended is not False and status.state is not JobState.UNKNOWN:
                     raise job_ended_error(ctx, job_id, status, "stopped its notebook before it was ready")
                 if status.state is JobState.RUNNING and running_since is None:
                     running_since = now
@@ -221,6 +231,7 @@ def logs(ctx: Context, store: Store, job_id: str, *, follow: bool = False,
     """The job's output; with follow, new output as it comes until the job's notebook ends."""
     check_cluster(ctx, store, job_id)
     offset = 0
+    next_status = time.monotonic() + FOLLOW_STATUS_INTERVAL
     while True:
         try:
             data = ctx.remote.read_file(hs.log_path(job_id))
@@ -234,4 +245,11 @@ def logs(ctx: Context, store: Store, job_id: str, *, follow: bool = False,
             offset = len(data)
         if not follow or read_ended(ctx, job_id) is not False:
             return
+        if time.monotonic() >= next_status:
+            # A job killed before its notebook could write `ended` (or one still queued and then
+            # cancelled) is seen by the scheduler only.
+            next_status = time.monotonic() + FOLLOW_STATUS_INTERVAL
+            status = ctx.statuses([job_id]).get(job_id)
+            if status is None or status.state.is_final:
+                return
         sleep(1.0)
