@@ -48,6 +48,9 @@ def submit(ctx: Context, store: Store, request: JobRequest, script: str) -> str:
         job_id = ctx.scheduler.parse_job_id(result.stdout)
     except ValueError as exc:
         raise HpcnbError(f"could not read a job id from `{' '.join(result.argv)}`: {exc}") from exc
+    # A job id can come round again: an older job's handshake must not be read as this one's
+    # while it is queued. (The job also removes them when it starts.)
+    ctx.remote.run(["rm", "-f", hs.connection_path(job_id), hs.ended_path(job_id)])
     now = time.time()
     store.add(SessionRecord(
         cluster=ctx.cfg.name, job_id=job_id, name=request.name, scheduler=ctx.cfg.scheduler,
