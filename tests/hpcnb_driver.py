@@ -153,3 +153,31 @@ class Attached:
             raise AssertionError(f"no result for {code!r} within {timeout} s")
         finally:
             ws.close()
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def derived_config(path: Path, base: Path, clusters: dict[str, tuple[str, dict]]) -> Path:
+    """Write a config file whose clusters copy clusters of `base` with some keys changed.
+
+    clusters: {new name: (base cluster name, {key: value or None to drop})}
+    """
+    import tomllib
+
+    doc = tomllib.loads(base.read_text())
+    lines = []
+    for name, (source, changes) in clusters.items():
+        table = {**doc["clusters"][source], **changes}
+        lines.append(f"[clusters.{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
