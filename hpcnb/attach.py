@@ -125,7 +125,7 @@ def hold(ctx: Context, store: Store, job_id: str, handshake: Handshake, *, port:
     finally:
         tunnel.stop()
         connection = getattr(opener, "connection", None)
-        if connection is not None and connection is not ctx._remote:
+        if connection is not None and not ctx.is_own(connection):
             connection.close()
 
 

@@ -56,6 +56,10 @@ class Context:
 
         return SSHRemote.from_config(self.cfg, accept_new_host_key=self.accept_new_host_key)
 
+    def is_own(self, remote: object) -> bool:
+        """Whether `remote` is this context's own connection (which close() will close)."""
+        return remote is not None and remote is self._remote
+
     def close(self) -> None:
         if self._remote is not None:
             self._remote.close()
