@@ -6,40 +6,34 @@ This is the only module that prints to the user or chooses the process's exit st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
 from typing import Any
 
 import click
 
+from hpcnb.cli_ui import (
+    UI,
+    Progress,
+    accept_key_option,
+    cluster_option,
+    job_id_argument,
+    make_context,
+    say,
+)
+
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
-
-cluster_option = click.option(
-    "--cluster", "-c", metavar="NAME", envvar="HPCNB_CLUSTER",
-    help="Cluster from your config or the shipped site configs [default: your default_cluster, "
-         "else $HPCNB_CLUSTER, else local].",
-)
-accept_key_option = click.option(
-    "--accept-new-host-key", is_flag=True,
-    help="Trust a login or node host key seen for the first time (like OpenSSH accept-new); a "
-         "changed key is still refused.",
-)
-
-
-def say(message: str) -> None:
-    """Progress and notes go to stderr, so stdout stays clean for URLs, tables and JSON."""
-    click.echo(message, err=True)
 
 
 def _context(cluster: str | None, accept_new_host_key: bool = False):
     from hpcnb.config import load_cluster
-    from hpcnb.context import Context
 
-    return Context(load_cluster(cluster), notify=say, accept_new_host_key=accept_new_host_key)
+    return make_context(load_cluster(cluster), accept_new_host_key)
 
 
 def _store():
@@ -50,11 +44,19 @@ def _store():
 
 
 def _sigterm_is_interrupt() -> None:
-    """SIGTERM detaches exactly like Ctrl-C: the job keeps running."""
+    """SIGTERM (and Ctrl-Break on Windows) detach exactly like Ctrl-C: the job keeps running.
+
+    Guarded: a signal the platform lacks is skipped, and signal.signal() only works in the main
+    thread (ValueError elsewhere, e.g. when hpcnb is driven from another program's thread)."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for name in ("SIGTERM", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, handler)
 
 
 def _detach_note(cluster: str, job_id: str) -> None:
@@ -64,57 +66,41 @@ def _detach_note(cluster: str, job_id: str) -> None:
 
 
 def _open_browser(url: str) -> None:
-    import threading
-    import webbrowser
+    from hpcnb.browser import open_url
 
-    threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
-
-
-def _progress_printer() -> Callable[[Any], None]:
-    last: list[str] = []
-
-    def show(progress: Any) -> None:
-        status = progress.status
-        if progress.phase == "ready":
-            line = "notebook ready"
-        elif progress.phase == "starting":
-            line = f"running on {status.node or '?'}; starting notebook"
-        elif progress.phase == "unknown":
-            line = "scheduler not answering; still waiting"
-        else:
-            line = "queued"
-            if status is not None and status.reason and status.reason not in {"None", "(null)"}:
-                line += f" ({status.reason})"
-            if status is not None and status.expected_start:
-                line += f", expected start {status.expected_start}"
-        if not last or last[-1] != line:
-            last.append(line)
-            say(f"[{int(progress.elapsed):>4d}s] {line}")
-
-    return show
+    started, how = open_url(url)
+    if not started:
+        say(f"not opening a browser ({how}); open the URL above yourself")
 
 
 def _hold(ctx, store, job_id: str, handshake, port: int | None, no_browser: bool,
-          node: str | None) -> None:
+          node: str | None, progress: Progress) -> None:
+    import threading
+
     from hpcnb.attach import hold
 
     def ready(attached) -> None:
+        progress.done("tunnel", f"127.0.0.1:{attached.local_port}")
         click.echo(attached.url)
         sys.stdout.flush()
-        say(f"tunnel up on 127.0.0.1:{attached.local_port}; Ctrl-C detaches (the job keeps running)")
+        say("Ctrl-C detaches (the job keeps running)")
         if not no_browser:
             _open_browser(attached.url)
 
     try:
-        hold(ctx, store, job_id, handshake, port=port, on_ready=ready, node=node,
-             stop=__import__("threading").Event())
+        hold(ctx, store, job_id, handshake, port=port, on_ready=ready, node=node, stop=threading.Event())
     except KeyboardInterrupt:
         _detach_note(ctx.cfg.name, job_id)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpcnb")
-def cli() -> None:
+@click.option("--verbose", "-v", count=True,
+              help="More detail on stderr: hpcnb's debug log, with every command run on the cluster "
+                   "(-vv adds the SSH library's log).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Only errors and the essential output (URL, job id, tables, JSON).")
+def cli(verbose: int, quiet: bool) -> None:
     """Jupyter on an HPC compute node, in one command.
 
     \b
@@ -123,7 +109,18 @@ def cli() -> None:
       hpcnb attach JOBID                       # tunnel again, from any laptop
       hpcnb cancel JOBID                       # end it
       hpcnb logs JOBID                         # the job's output
+      hpcnb doctor                             # is this cluster ready? (SSH, scheduler, Jupyter)
+      hpcnb sites                              # the shipped site configs
+      hpcnb config init --from perlmutter      # write a starter config
+
+    Colour only on a terminal and never with NO_COLOR set. Exit codes: see README.
     """
+    from hpcnb.cli_ui import setup_logging
+
+    if quiet and verbose:
+        raise click.UsageError("-q and -v contradict each other: use one")
+    UI.quiet, UI.verbose = quiet, verbose
+    setup_logging(verbose)
 
 
 @cli.command()
@@ -157,27 +154,30 @@ def submit(cluster, partition, hours, time_, account, cpus, mem, gpus, name, not
         click.echo(script, nl=False)
         return
     from hpcnb import session
-    from hpcnb.context import Context
 
     _sigterm_is_interrupt()
-    with Context(cfg, notify=say, accept_new_host_key=accept_new_host_key) as ctx, _store() as store:
+    progress = Progress()
+    with make_context(cfg, accept_new_host_key, notify=progress.note) as ctx, _store() as store:
         job_id = session.submit(ctx, store, request, script)
         say(f"submitted job {job_id} to {cfg.name}")
         try:
-            handshake = session.wait_until_ready(ctx, store, job_id, on_progress=_progress_printer())
+            with progress:
+                handshake = session.wait_until_ready(ctx, store, job_id, on_progress=progress)
+                if no_attach:
+                    progress.done("ready")
         except KeyboardInterrupt:
             _detach_note(cfg.name, job_id)
             return
         if no_attach:
             click.echo(job_id)
-            say(f"notebook ready. attach: hpcnb attach {job_id} --cluster {cfg.name}")
+            say(f"attach: hpcnb attach {job_id} --cluster {cfg.name}")
             return
         record = store.get(cfg.name, job_id)
-        _hold(ctx, store, job_id, handshake, port, no_browser, record.node if record else None)
+        _hold(ctx, store, job_id, handshake, port, no_browser, record.node if record else None, progress)
 
 
 @cli.command()
-@click.argument("job_id")
+@job_id_argument
 @cluster_option
 @click.option("--port", type=click.IntRange(1, 65535), help="Local port for the tunnel [default: free].")
 @click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
@@ -185,10 +185,13 @@ def submit(cluster, partition, hours, time_, account, cpus, mem, gpus, name, not
 def attach(job_id, cluster, port, no_browser, accept_new_host_key) -> None:
     """Tunnel to a running session again (from any laptop)."""
     from hpcnb import session
+    from hpcnb.config import load_cluster
     from hpcnb.errors import JobEnded
 
     _sigterm_is_interrupt()
-    with _context(cluster, accept_new_host_key) as ctx, _store() as store:
+    progress = Progress()
+    cfg = load_cluster(cluster)
+    with make_context(cfg, accept_new_host_key, notify=progress.note) as ctx, _store() as store:
         status = session.known_status(ctx, store, job_id)
         if status.state.is_final:
             raise JobEnded(f"job {job_id} has ended ({status.state.value})",
@@ -197,17 +200,16 @@ def attach(job_id, cluster, port, no_browser, accept_new_host_key) -> None:
         try:
             handshake = session.read_handshake(ctx, job_id)
             if handshake is None or session.read_ended(ctx, job_id) is not False:
-                handshake = session.wait_until_ready(ctx, store, job_id,
-                                                     on_progress=_progress_printer())
+                with progress:
+                    handshake = session.wait_until_ready(ctx, store, job_id, on_progress=progress)
         except KeyboardInterrupt:
             _detach_note(ctx.cfg.name, job_id)
             return
-        _hold(ctx, store, job_id, handshake, port, no_browser, status.node)
+        _hold(ctx, store, job_id, handshake, port, no_browser, status.node, progress)
 
 
 def _remember(ctx, store, job_id: str, status) -> None:
     """A session started from another laptop becomes known to this one's store."""
-    import time
 
     from hpcnb.store import SessionRecord
 
@@ -260,7 +262,7 @@ def list_(cluster, as_json, include_ended, accept_new_host_key) -> None:
 
 
 @cli.command()
-@click.argument("job_id")
+@job_id_argument
 @cluster_option
 @accept_key_option
 def cancel(job_id, cluster, accept_new_host_key) -> None:
@@ -273,7 +275,7 @@ def cancel(job_id, cluster, accept_new_host_key) -> None:
 
 
 @cli.command()
-@click.argument("job_id")
+@job_id_argument
 @cluster_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
 @accept_key_option
@@ -291,16 +293,23 @@ def logs(job_id, cluster, follow, accept_new_host_key) -> None:
             pass
 
 
+
+
+from hpcnb.cli_admin import config, doctor, sites  # noqa: E402 - they use the shared group options
+
+cli.add_command(doctor)
+cli.add_command(sites)
+cli.add_command(config)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every error becomes one line on stderr and a documented exit code."""
     from hpcnb.errors import HpcnbError
 
     try:
-        cli.main(args=argv, prog_name="hpcnb", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="hpcnb", standalone_mode=False)
     except HpcnbError as exc:
-        say(f"hpcnb: error: {exc.message}")
-        if exc.hint:
-            say(f"hint: {exc.hint}")
+        UI.error(f"hpcnb: error: {exc}")  # one line: the message, then the hint in parentheses
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(EXIT_INTERRUPTED)
@@ -314,5 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line unless asked for the traceback
         if os.environ.get("HPCNB_DEBUG"):
             raise
-        say(f"hpcnb: internal error: {type(exc).__name__}: {exc} (set HPCNB_DEBUG=1 for a traceback)")
+        UI.error(f"hpcnb: internal error: {type(exc).__name__}: {exc} (set HPCNB_DEBUG=1 for a traceback)")
         sys.exit(EXIT_INTERNAL)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        sys.exit(code)  # a command's ctx.exit(N): doctor's failed check

@@ -1,0 +1,102 @@
+"""`hpcnb doctor`, `hpcnb sites` and `hpcnb config ...`: the commands about setting hpcnb up.
+
+Added to the `hpcnb` group by cli.py; the logic lives in doctor.py and cli_sites.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hpcnb.cli_ui import UI, accept_key_option, cluster_option, complete_sites, make_context, say
+
+
+@click.command()
+@cluster_option
+@click.option("--json", "as_json", is_flag=True, help="The checks as JSON instead of a checklist.")
+@accept_key_option
+@click.pass_context
+def doctor(click_ctx, cluster, as_json, accept_new_host_key) -> None:
+    """Check that a cluster is ready: config, SSH, scheduler, partition, Jupyter.
+
+    Exits 0 when every check passes, else with the code of the first failure (3 config, 4 SSH,
+    5 host key, 6 on the cluster).
+    """
+    from hpcnb import doctor as doc
+    from hpcnb.cli_ui import marks
+
+    ok_mark, fail_mark = marks(sys.stdout)
+
+    def show(check) -> None:
+        if as_json or (UI.quiet and check.ok):
+            return
+        mark = "-   " if check.skipped else (ok_mark if check.ok else fail_mark)
+        click.echo(f"{mark} {check.name:<18} {check.detail}")
+        if check.fix and not check.ok:
+            click.echo(f"{'':<4} {'':<18} fix: {check.fix}")
+
+    checks = doc.run(cluster, lambda cfg: make_context(cfg, accept_new_host_key), on_check=show)
+    code = doc.exit_code(checks)
+    if as_json:
+        click.echo(json.dumps({"cluster": cluster or _default_cluster_name(), "ok": code == 0,
+                               "checks": [c.as_dict() for c in checks]}, indent=2))
+    elif code == 0:
+        say("all checks passed")
+    click_ctx.exit(code)
+
+
+def _default_cluster_name() -> str | None:
+    from hpcnb.config import default_cluster_name
+    from hpcnb.errors import HpcnbError
+
+    try:
+        return default_cluster_name()
+    except HpcnbError:
+        return None
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list instead of a table.")
+def sites(as_json) -> None:
+    """The site configs shipped with hpcnb (use one with --cluster NAME or `config init --from`)."""
+    from hpcnb.cli_sites import shipped_sites
+
+    rows = shipped_sites()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from tabulate import tabulate
+
+    click.echo(tabulate([[r["name"], r["scheduler"] or "", r["login_host"] or "-", r["description"] or "",
+                          r["docs"] or ""] for r in rows],
+                        headers=["NAME", "SCHEDULER", "LOGIN HOST", "DESCRIPTION", "DOCS"]))
+
+
+@click.group()
+def config() -> None:
+    """Your hpcnb config file."""
+
+
+@config.command(name="init")
+@click.option("--cluster-name", metavar="NAME", help="Name of the cluster table [default: the site's "
+              "name with --from, else mycluster].")
+@click.option("--from", "site", metavar="SITE", shell_complete=complete_sites,
+              help="Start from a shipped site config (see `hpcnb sites`).")
+@click.option("--force", is_flag=True, help="Replace an existing config file (kept as .bak).")
+def config_init(cluster_name, site, force) -> None:
+    """Write a commented starter config (mode 0600) to your config file's place."""
+    from hpcnb.cli_sites import init
+
+    path, name = init(cluster_name, site, force)
+    click.echo(str(path))
+    say(f"wrote a starter config for cluster {name!r}; edit it, then run: hpcnb doctor --cluster {name}")
+
+
+@config.command(name="path")
+def config_path() -> None:
+    """Print where your config file is (or would be)."""
+    from hpcnb.paths import user_config_file
+
+    click.echo(str(user_config_file()))

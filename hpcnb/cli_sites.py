@@ -1,0 +1,147 @@
+"""`hpcnb sites` (the shipped site configs) and `hpcnb config init` (a starter user config).
+
+The site list reads the shipped TOML files themselves, so a broken user config does not hide them.
+`config init` never overwrites without --force, writes with mode 0600 (the file names hosts, users
+and key paths), creates a missing parent folder with mode 0700, and checks that what it wrote loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hpcnb import paths
+from hpcnb.errors import ConfigError, UsageError
+
+# As config.py's cluster-name rule (a table name is also a TOML bare key).
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+def shipped_sites() -> list[dict[str, Any]]:
+    """name, scheduler, login_host, description, docs of every shipped site config, by name."""
+    rows = []
+    for file in sorted(paths.site_config_dir().glob("*.toml")):
+        try:
+            with open(file, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"shipped site config {file} cannot be read: {exc}") from exc
+        rows.append({
+            "name": file.stem, "scheduler": data.get("scheduler"), "login_host": data.get("login_host"),
+            "description": data.get("description"), "docs": data.get("docs"), "file": str(file),
+        })
+    return rows
+
+
+def _q(value: str) -> str:
+    """A TOML basic string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_HEADER = """\
+# hpcnb configuration (written by `hpcnb config init`).
+# Reference: README.md "Quick start on a real cluster"; `hpcnb sites` lists the shipped site
+# configs; `hpcnb doctor` checks a cluster end to end (SSH, scheduler, partition, Jupyter).
+# An unknown key or a wrong type is an error that names this file and the key.
+"""
+
+
+def starter_config(cluster: str, site: dict[str, Any] | None) -> str:
+    """The text of a starter config for one cluster, optionally extending a shipped site config."""
+    key = cluster if re.fullmatch(r"[A-Za-z0-9_-]+", cluster) else _q(cluster)
+    lines = [_HEADER, f"default_cluster = {_q(cluster)}", "", f"[clusters.{key}]"]
+    if site is not None:
+        lines += [
+            f"extends = {_q(site['name'])}   # {site.get('description') or ''}".rstrip(),
+            f"# docs: {site.get('docs') or '-'}",
+            "# Keys below override the site config; `hpcnb doctor` tells you what is still missing.",
+            '# user = "alice"                     # your user name on the cluster (else ~/.ssh/config',
+            "#                                    # or this machine's user name)",
+            '# account = "proj123"                # the allocation/project jobs are charged to',
+            '# partition = "debug"                # default --partition / queue',
+            '# identity_file = "~/.ssh/id_ed25519"',
+            '# setup = ["module load python", "source ~/envs/jupyter/bin/activate"]',
+        ]
+    else:
+        lines += [
+            'scheduler = "slurm"                  # slurm | pbs | local',
+            'login_host = "login.hpc.example.edu" # CHANGE ME: the login node you ssh to',
+            '# user = "alice"                     # your user name there (default: this machine\'s)',
+            '# port = 22',
+            '# identity_file = "~/.ssh/id_ed25519"',
+            '# known_hosts = "~/.ssh/known_hosts" # host keys are always checked',
+            'tunnel = "direct"                    # direct | node-ssh | socket',
+            '# partition = "debug"                # default --partition (Slurm) / queue (PBS)',
+            '# account = "proj123"                # default --account',
+            "# Shell lines run before Jupyter starts (on the compute node), one per entry:",
+            '# setup = ["module load python/3.11", "source ~/envs/jupyter/bin/activate"]',
+            "# start_timeout = 300                # seconds for Jupyter to answer once the job runs",
+            "# walltime_warning = 600             # warn this long before the time limit",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _private_parent(directory: Path) -> None:
+    """Create missing folders with mode 0700; existing ones are left as they are."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        if os.name == "posix":
+            d.chmod(0o700)  # mkdir's mode is masked by the umask
+
+
+def write_config(text: str, target: Path, force: bool) -> None:
+    """Write text to target with mode 0600: refuses to replace an existing file unless force."""
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists; not overwriting it",
+                         hint="add --force to replace it (the old file is kept as .bak)")
+    _private_parent(target.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        if os.name == "posix":
+            tmp.chmod(0o600)
+        if target.exists():
+            target.replace(target.with_name(target.name + ".bak"))
+        tmp.replace(target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def init(cluster: str | None, site_name: str | None, force: bool) -> tuple[Path, str]:
+    """Write the starter config; returns (path, cluster name). Checks it loads."""
+    from hpcnb.config import load_cluster
+
+    site = None
+    if site_name is not None:
+        sites = {s["name"]: s for s in shipped_sites()}
+        if site_name not in sites:
+            raise UsageError(f"--from {site_name!r} is not a shipped site config",
+                             hint=f"one of: {', '.join(sorted(sites))} (see `hpcnb sites`)")
+        site = sites[site_name]
+    name = cluster or site_name or "mycluster"
+    if not _NAME_RE.match(name):
+        raise UsageError(f"--cluster-name {name!r} must be 1-64 letters, digits, . _ -")
+    target = paths.user_config_file()
+    write_config(starter_config(name, site), target, force)
+    load_cluster(name)  # what we wrote must load (a ConfigError here is a bug worth seeing)
+    return target, name
