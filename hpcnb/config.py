@@ -44,9 +44,14 @@ GPU_FLAGS = {"slurm": ("--gpus", "--gres", "--gpus-per-node"), "pbs": ("ngpus", 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
 _CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-# A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line: one line,
-# and a conservative character set so no site file can smuggle shell text into the header.
-_DIRECTIVE_RE = re.compile(r"^-[A-Za-z0-9 ._:=/@+,%-]{1,200}\Z")
+# A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line. Only a plain
+# option is accepted: `--long`, `--long=VALUE`, `-x`, `-x VALUE` (one space), VALUE from a
+# conservative character set (no quotes, no shell metacharacters, no whitespace, one line), so no
+# config can smuggle shell text or a second option into the header.
+_DIRECTIVE_VALUE = r"[A-Za-z0-9._:=/@+,%-]{1,200}"
+_DIRECTIVE_RE = re.compile(
+    rf"^(?:--[A-Za-z][A-Za-z0-9-]{{0,63}}(?:={_DIRECTIVE_VALUE})?|-[A-Za-z](?: {_DIRECTIVE_VALUE})?)\Z"
+)
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -175,6 +180,31 @@ def _one_of(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
         raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
 
 
+def check_script_values(values: Mapping[str, Any], where: str) -> None:
+    """The keys that reach the job script as text: setup, extra_directives, python, notebook_dir.
+
+    Called when a config is loaded and again by render.py (a ClusterConfig can be built in code).
+    """
+    for line in values.get("setup") or ():
+        if _CONTROL_RE.search(line):
+            raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
+    for d in values.get("extra_directives") or ():
+        if not _DIRECTIVE_RE.match(d):
+            raise ConfigError(
+                f"{where}: extra_directives entry {d!r} is not a plain option: use --name, --name=VALUE, "
+                "-x or -x VALUE, VALUE of letters, digits and ._:=/@+,%- (no quotes, spaces or newlines)"
+            )
+    python = values.get("python", "python3")
+    if not python or len(python) > 4096 or python.startswith("-") or _CONTROL_RE.search(python):
+        raise ConfigError(
+            f"{where}: python {python!r} must be a command name or path: one line of 1..4096 "
+            "characters, not starting with '-'"
+        )
+    nb = values.get("notebook_dir")
+    if nb is not None and (not nb or len(nb) > 4096 or _CONTROL_RE.search(nb) or "\t" in nb):
+        raise ConfigError(f"{where}: notebook_dir {nb!r} must be a path of 1..4096 characters, one line")
+
+
 def _finish(name: str, values: dict[str, Any], where: str, source: str) -> ClusterConfig:
     """Cross-key validation and defaults that depend on the scheduler."""
     if "scheduler" not in values:
@@ -206,17 +236,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
         v = values.get(key)
         if v is not None and not SCHED_NAME_RE.match(v):
             raise ConfigError(f"{where}: {key} {v!r} must be 1-64 letters, digits, . _ -")
-    for line in values.get("setup", ()):
-        if _CONTROL_RE.search(line):
-            raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
-    for d in values.get("extra_directives", ()):
-        if not _DIRECTIVE_RE.match(d):
-            raise ConfigError(
-                f"{where}: extra_directives entry {d!r} must start with '-' and use only "
-                "letters, digits, space and ._:=/@+,%-"
-            )
-    if values.get("python") is not None and _CONTROL_RE.search(values["python"]):
-        raise ConfigError(f"{where}: python must be one line")
+    check_script_values(values, where)
     for key, table in (
         ("partition_flag", PARTITION_FLAGS),
         ("account_flag", ACCOUNT_FLAGS),

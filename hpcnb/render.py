@@ -4,9 +4,11 @@ Rules the templates follow:
   * values that reach the shell go through ``shq`` (shlex.quote); templates never add quotes;
   * #SBATCH/#PBS directive values come only from the validated JobRequest and the cluster
     config's checked flags; render_script re-checks every directive line before returning;
-  * setup lines are inserted as code, NOT quoted: they are shell code the user chose (their own
-    config, or a shipped site config they picked), like lines in their ~/.bashrc. What we enforce
-    is that each is one line, so one can never swallow the next line of the script.
+  * setup lines are shell code the user chose (their own config, or a shipped site config they
+    picked), like lines in their ~/.bashrc, and run on purpose; but each is rendered as
+    ``eval <shq(line)>``: quoted, a line can never change the script's structure (an unbalanced
+    quote, ``<<EOF``, a trailing backslash stay inside that one eval), so the script always parses
+    and nothing of a line runs outside its own eval. Lines must still be one line each.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import jinja2
 
 from hpcnb import paths
-from hpcnb.config import ACCOUNT_FLAGS, GPU_FLAGS, PARTITION_FLAGS, ClusterConfig
+from hpcnb.config import ACCOUNT_FLAGS, GPU_FLAGS, PARTITION_FLAGS, ClusterConfig, check_script_values
 from hpcnb.errors import ConfigError, UsageError
 from hpcnb.request import JobRequest
 
@@ -27,7 +29,6 @@ TEMPLATES = {"slurm": "slurm.sh.j2", "pbs": "pbs.sh.j2", "local": "local.sh.j2"}
 LAUNCHER = "launcher.py"
 DELIMITER = "HPCNB_LAUNCHER_EOF"
 _DIRECTIVE_LINE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def shq(value: Any) -> str:
@@ -87,10 +88,10 @@ def _pbs_resources(cfg: ClusterConfig, request: JobRequest, gpu_flag: str) -> st
     return ":".join(["select=1", *parts])
 
 
-def _check_setup(cfg: ClusterConfig) -> None:
-    for line in cfg.setup:
-        if _CONTROL.search(line):
-            raise ConfigError(f"{cfg.source}: setup line {line!r} must be one line (no newline/NUL)")
+def _check_cfg(cfg: ClusterConfig) -> None:
+    """Config values that reach the script, checked again: a ClusterConfig can be built in code."""
+    values = {key: getattr(cfg, key) for key in ("setup", "extra_directives", "python", "notebook_dir")}
+    check_script_values(values, f"{cfg.source} [{cfg.name}]")
 
 
 def render_script(cfg: ClusterConfig, request: JobRequest, scheduler_name: str) -> str:
@@ -99,7 +100,7 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler_name: str) 
         raise ConfigError(
             f"no job-script template for scheduler {scheduler_name!r} (known: {', '.join(TEMPLATES)})"
         )
-    _check_setup(cfg)
+    _check_cfg(cfg)
     env = environment(cfg)
     try:
         launcher, launcher_path, _ = env.loader.get_source(env, LAUNCHER)  # type: ignore[union-attr]
@@ -120,7 +121,7 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler_name: str) 
         launcher_source=launcher,
         delimiter=DELIMITER,
     )
-    for line in script.splitlines():
+    for line in script.split("\n"):  # bash and sbatch split lines at \n only
         if line.startswith(("#SBATCH", "#PBS")) and not _DIRECTIVE_LINE.match(line):
             raise UsageError(f"refusing to write directive line {line!r}: unexpected characters")
     return script

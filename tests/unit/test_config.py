@@ -111,6 +111,29 @@ def test_user_defined_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
             ["extra_directives"],
         ),
         ('[clusters.x]\nscheduler = "pbs"\nlogin_host = "h"\naccount_flag = "-Z"\n', ["account_flag"]),
+        *[
+            (
+                f'[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\nextra_directives = ["{d}"]\n',
+                ["extra_directives", "plain option"],
+            )
+            for d in (
+                "--constraint=gpu; id",
+                "--constraint=gpu\\n#SBATCH -A x",
+                "-C a b",
+                "constraint=gpu",
+                "--comment='x'",
+                "---x",
+                "-",
+                "--",
+                "-C  a",
+                "--c=`id`",
+                "-C gpu&hbm80g",
+            )
+        ],
+        ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\npython = "-c"\n', ["python", "'-'"]),
+        ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\npython = ""\n', ["python"]),
+        ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\npython = "a\\nb"\n', ["python", "one line"]),
+        ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\nnotebook_dir = "a\\nb"\n', ["notebook_dir"]),
         ('[clusters.x]\nextends = "nosuch"\n', ["nosuch", "not a shipped site config"]),
         ("defaults = 1\n", ["top-level key 'defaults'", "default_cluster"]),
         ("clusters = 3\n", ["[clusters.NAME]"]),
@@ -178,3 +201,15 @@ def test_import_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "directive", ["--constraint=gpu", "-C cpu", "-l select=1:ncpus=4", "-l storage=gdata/ab12+scratch/ab12",
+                  "--exclusive", "-V", "--mail-type=END,FAIL", "--output=/scratch/%u/%j.out"],
+)  # fmt: skip
+def test_plain_directives_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, directive: str
+) -> None:
+    write_user(monkeypatch, tmp_path, f'[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\n'
+               f'extra_directives = ["{directive}"]\n')  # fmt: skip
+    assert load_cluster("x").extra_directives == (directive,)

@@ -120,17 +120,31 @@ def test_hostile_values_are_quoted_once() -> None:
     assert out.stdout == HOSTILE
 
 
-def test_setup_lines_are_code_but_one_line_each() -> None:
+def test_setup_lines_are_code_in_their_own_eval_one_line_each() -> None:
     cfg = dataclasses.replace(load_cluster("local"), setup=("module load python", "export A=1"))
     script = render_script(cfg, build_request(cfg), "local")
-    assert "\nmodule load python\nexport A=1\n" in script
+    assert "then eval 'module load python' || echo \"hpcnb: setup line 1 exited $?\"; else" in script
+    assert "then eval 'export A=1' || echo \"hpcnb: setup line 2 exited $?\"; else" in script
     bad = dataclasses.replace(cfg, setup=("ok\nrm -rf ~",))
-    with pytest.raises(ConfigError, match="one line"):
+    with pytest.raises(ConfigError, match=r"setup line .* one line"):
         render_script(bad, build_request(cfg), "local")
 
 
-def test_directive_check_is_last_line_of_defence() -> None:
+@pytest.mark.parametrize("line", ["echo 'unbalanced", "cat <<EOF", "echo trailing \\", "{", "fi"])
+def test_a_broken_setup_line_cannot_break_the_script(line: str) -> None:
+    cfg = dataclasses.replace(load_cluster("local"), setup=(line, "export A=1"))
+    bash_n(render_script(cfg, build_request(cfg), "local"))
+
+
+def test_directives_are_checked_again_at_render_time() -> None:
     cfg = dataclasses.replace(load_cluster("euler"), extra_directives=("--comment=$(id)",))
+    with pytest.raises(ConfigError, match="extra_directives"):
+        render_script(cfg, build_request(cfg), "slurm")
+
+
+def test_directive_check_is_last_line_of_defence(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "slurm.sh.j2").write_text("#!/bin/bash\n#SBATCH --comment={{ '$(id)' }}\n")
+    cfg = dataclasses.replace(load_cluster("euler"), template_dir=str(tmp_path))
     with pytest.raises(UsageError, match="directive"):
         render_script(cfg, build_request(cfg), "slurm")
 
