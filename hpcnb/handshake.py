@@ -14,16 +14,28 @@ scraping, and no `jupyter server list` on a login node.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from hpcnb.errors import HpcnbError
+from hpcnb.errors import HpcnbError, UsageError
 
 SESSIONS_DIR = ".hpcnb/sessions"
 
 
+# Slurm ids ("123", "123_4" for arrays), PBS ids ("1234.server", "1234[5].server"), local ids.
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\[\]-]{0,127}$")
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id as schedulers print them; anything else (a path, an option) is refused."""
+    if not JOB_ID_RE.match(job_id) or ".." in job_id:
+        raise UsageError(f"{job_id!r} is not a job id (as `hpcnb list` shows them)")
+    return job_id
+
+
 def session_dir(job_id: str) -> str:
-    return f"{SESSIONS_DIR}/{job_id}"
+    return f"{SESSIONS_DIR}/{check_job_id(job_id)}"
 
 
 def connection_path(job_id: str) -> str:

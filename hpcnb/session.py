@@ -183,6 +183,7 @@ def refresh(ctx: Context, store: Store, *, include_ended: bool) -> list[SessionR
 
 def check_cluster(ctx: Context, store: Store, job_id: str) -> None:
     """A job recorded under another cluster only: say so instead of asking the wrong scheduler."""
+    hs.check_job_id(job_id)
     if store.get(ctx.cfg.name, job_id) is not None:
         return
     others = [r.cluster for r in store.list() if r.job_id == job_id and r.cluster != ctx.cfg.name]
