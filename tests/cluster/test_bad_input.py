@@ -156,3 +156,10 @@ def test_local_port_already_taken(hpcnb):
         taken.close()
         hpcnb.run("cancel", job_id, "--cluster", "testbed")
 
+
+
+@pytest.mark.parametrize("job_id", ["../../etc", "-x", "12 3", "1;id"])
+@pytest.mark.parametrize("command", ["attach", "cancel", "logs"])
+def test_malformed_job_id_is_refused_before_any_use(hpcnb, command, job_id):
+    proc = hpcnb.run(command, "--cluster", "testbed", "--", job_id)
+    one_clear_line(proc, 2, "not a job id")
