@@ -208,11 +208,11 @@ class Progress:
             self.line.note(message)
 
     def done(self, final_phase: str, detail: str | None = None) -> None:
-        from hpcnb.progress import Event, line
+        from hpcnb.progress import Event
 
         if self._stop is not None:
             self._stop.set()
-        self.line.finish(line(Event(final_phase, detail=detail), time.monotonic() - self._started))
+        self.line.done(Event(final_phase, detail=detail), time.monotonic() - self._started)
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         # On success the line stays open: "tunnel up" (done) replaces it in place.

@@ -130,6 +130,17 @@ class StatusLine:
                 self._write(final + "\n")
             self._open = False
 
+    def done(self, event: Any, elapsed: float) -> None:
+        """The last status of a wait: in place on a terminal; elsewhere only if it is news."""
+        with self._lock:
+            text = message(event)
+            if self.is_tty and self._open:
+                self._write(CLEAR_LINE + line(event, elapsed) + "\n")
+            elif text != self._last_message:
+                self._write(line(event, elapsed) + "\n")
+            self._open = False
+            self._last_message = text
+
     def note(self, text: str) -> None:
         """A line of its own (a warning) without losing the status line on a terminal."""
         with self._lock:

@@ -76,3 +76,17 @@ def test_a_note_keeps_the_status_line_on_a_tty():
 def test_finish_without_an_open_line_writes_only_the_final_message():
     assert render([], is_tty=True) == ""
     assert render([], is_tty=True, final="done") == "done\n"
+
+
+def test_done_repeats_nothing_off_a_tty_and_closes_the_line_on_one():
+    out: list[str] = []
+    status = StatusLine(out.append, False)
+    status.update(Event("ready", None, 14))
+    status.done(Event("ready"), 14.2)
+    status.done(Event("tunnel", detail="127.0.0.1:9"), 15)
+    assert "".join(out) == "[0:14] notebook ready\n[0:15] tunnel up on 127.0.0.1:9\n"
+    out.clear()
+    status = StatusLine(out.append, True)
+    status.update(Event("starting", RUNNING, 3))
+    status.done(Event("tunnel", detail="127.0.0.1:9"), 4)
+    assert "".join(out).endswith(CLEAR_LINE + "[0:04] tunnel up on 127.0.0.1:9\n")
