@@ -241,3 +241,43 @@ def test_open_failure_because_connection_died_reconnects_once() -> None:
 
     up = ReconnectingUpstream(lambda: second, open_, connection=first, sleep=time.sleep)
     assert up() == "second"
+
+
+class _FakeChannel:
+    """What a paramiko Channel looks like to the pumps: recv returns what is buffered, then b''."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.received = b""
+        self.lock = threading.Lock()
+
+    def recv(self, n: int) -> bytes:
+        with self.lock:
+            return self.chunks.pop(0)[:n] if self.chunks else b""
+
+    def sendall(self, data: bytes) -> None:
+        self.received += data
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_channel_download_arrives_whole_and_only_big_reads_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpcnb.tunnel as tunnel_module
+
+    big, small = tunnel_module.STREAM_READ, 100
+    chunks = [bytes([i % 251]) * (big if i % 2 else small) for i in range(40)]
+    pauses: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(tunnel_module.time, "sleep",
+                        lambda s: pauses.append(s) if s == tunnel_module.STREAM_PAUSE_S else real_sleep(s))
+    tunnel = Tunnel(lambda: _FakeChannel(chunks))
+    tunnel.serve_in_thread()
+    try:
+        assert _roundtrip(tunnel.port, b"") == b"".join(chunks)
+    finally:
+        tunnel.stop()
+    assert len(pauses) == 20  # one per full-packet read, none for the small ones
