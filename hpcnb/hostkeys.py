@@ -1,4 +1,4 @@
-"""SSH keys: the server's (known_hosts: check, accept-new) and ours (identity file, ssh-agent).
+"""The servers' SSH keys: known_hosts checking and accept-new (our own keys: hpcnb.auth).
 
 known_hosts: hashed, wildcard and bracketed host:port entries, @revoked; @cert-authority skipped.
 
@@ -23,12 +23,10 @@ from pathlib import Path
 
 import paramiko
 
-from hpcnb.errors import HostKeyError, SSHError
+from hpcnb.errors import HostKeyError
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
-# What OpenSSH tries when no IdentityFile is configured (ssh(1) -i).
-DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
 
 # Host key algorithm names to offer first when the key type is already known (RSA keys are stored
 # as "ssh-rsa" but negotiated with the SHA-2 signature algorithms, RFC 8332).
@@ -217,67 +215,3 @@ class KnownHosts:
                 fh.write("\n")
             fh.write(line)
         self.entries.append(KnownHost(str(path), -1, tuple(names), key))
-
-
-# --- our keys: identity file, OpenSSH's default files, ssh-agent --------------------------------
-def load_identity(path: str) -> paramiko.PKey:
-    full = Path(path).expanduser()
-    try:
-        return paramiko.PKey.from_path(full)
-    except FileNotFoundError as exc:
-        raise SSHError(f"identity file {full} does not exist") from exc
-    except paramiko.PasswordRequiredException as exc:
-        raise SSHError(
-            f"identity file {full} is protected by a passphrase",
-            hint="load it into ssh-agent (ssh-add) and leave identity_file unset",
-        ) from exc
-    except (paramiko.SSHException, ValueError, OSError) as exc:
-        raise SSHError(f"cannot read identity file {full}: {exc}") from exc
-
-
-def authenticate(
-    transport: paramiko.Transport,
-    host: str,
-    user: str,
-    identity_file: str | None,
-    allow_agent: bool,
-) -> None:
-    """Identity file (or OpenSSH's default key files), then ssh-agent keys."""
-    keys: list[tuple[str, paramiko.PKey]] = []
-    if identity_file:
-        keys.append((str(Path(identity_file).expanduser()), load_identity(identity_file)))
-    else:
-        for candidate in DEFAULT_IDENTITIES:
-            path = Path(candidate).expanduser()
-            if path.exists():
-                try:
-                    keys.append((str(path), load_identity(str(path))))
-                except SSHError:
-                    continue  # a default key we cannot use (passphrase): the agent may have it
-    agent = paramiko.Agent() if allow_agent else None
-    try:
-        if agent is not None:
-            keys.extend(("ssh-agent", k) for k in agent.get_keys())
-        tried: list[str] = []
-        for source, key in keys:
-            tried.append(f"{source} ({key_label(key)} {fingerprint(key)})")
-            try:
-                transport.auth_publickey(user, key)
-            except paramiko.BadAuthenticationType as exc:
-                raise SSHError(
-                    f"authentication failed for {user}@{host}: the server does not accept "
-                    f"public keys (it allows: {', '.join(exc.allowed_types)})"
-                ) from exc
-            except paramiko.AuthenticationException:
-                continue
-            if transport.is_authenticated():
-                return
-    finally:
-        if agent is not None:
-            agent.close()
-    raise SSHError(
-        f"authentication failed for {user}@{host}: "
-        + ("tried " + "; ".join(tried) if tried else "no identity file and no ssh-agent keys"),
-        hint=f"add your public key to ~{user}/.ssh/authorized_keys on {host}, "
-        "or set identity_file in the cluster config",
-    )

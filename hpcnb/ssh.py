@@ -2,6 +2,10 @@
 
 Built on paramiko.Transport directly (never SSHClient + AutoAddPolicy): the host key is checked
 against known_hosts after key exchange and before any authentication is attempted.
+
+from_config follows ~/.ssh/config (hpcnb.sshconfig): aliases, ProxyJump chains, ProxyCommand.
+Within one process a live connection to the same route is shared (like OpenSSH's ControlMaster),
+so a command that needs the login host twice (a node-ssh tunnel) logs in, and prompts, once.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import getpass
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +24,7 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
-from hpcnb import hostkeys
+from hpcnb import auth, hostkeys, sshconfig
 from hpcnb.errors import CommandError, SSHError
 from hpcnb.remote import CommandResult
 
@@ -34,7 +39,7 @@ CIPHERS = (
 )
 WINDOW_SIZE = 16 * 1024 * 1024  # receive window per channel: keeps a fast link full
 MAX_PACKET_SIZE = 32768  # what OpenSSH itself uses for forwarded channels
-KEEPALIVE_S = 30
+KEEPALIVE_S = sshconfig.DEFAULT_KEEPALIVE_S
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 
 
@@ -115,11 +120,11 @@ class _Login:
     """How to log in; shared by a connection and the hops made through it."""
 
     user: str
-    identity_file: str | None
+    creds: auth.Credentials
     known: hostkeys.KnownHosts
     timeout: float
     accept_new_host_key: bool
-    allow_agent: bool
+    keepalive: int = KEEPALIVE_S
 
 
 def _handshake(
@@ -138,7 +143,7 @@ def _handshake(
         transport.start_client(timeout=timeout)
         server_key = transport.get_remote_server_key()
         login.known.verify(names, server_key, accept_new=login.accept_new_host_key)
-        hostkeys.authenticate(transport, host, login.user, login.identity_file, login.allow_agent)
+        auth.authenticate(transport, host, login.user, login.creds)
     except SSHError:  # includes HostKeyError
         transport.close()
         raise
@@ -146,8 +151,102 @@ def _handshake(
         transport.close()
         detail = str(exc) or type(exc).__name__
         raise SSHError(f"SSH handshake with {host} port {port} failed: {detail}") from exc
-    transport.set_keepalive(KEEPALIVE_S)
+    if login.keepalive > 0:
+        transport.set_keepalive(login.keepalive)
     return transport
+
+
+class _Link:
+    """One authenticated transport and the link it rides on (ProxyJump), shared by refcount."""
+
+    def __init__(self, key: tuple, transport: _Transport, via: _Link | None, keepalive: int) -> None:
+        self.key, self.transport, self.via, self.keepalive, self.refs = key, transport, via, keepalive, 1
+
+    def alive(self) -> bool:
+        return self.transport.is_active() and (self.via is None or self.via.alive())
+
+    def release(self) -> None:
+        with _LINKS_LOCK:
+            self.refs -= 1
+            if self.refs > 0:
+                return
+            if _LINKS.get(self.key) is self:
+                del _LINKS[self.key]
+        self.transport.close()
+        if self.via is not None:
+            self.via.release()
+
+
+_LINKS: dict[tuple, _Link] = {}
+_LINKS_LOCK = threading.Lock()
+
+
+def _hop_key(hop: sshconfig.Hop) -> tuple:
+    return (hop.hostname, hop.port, hop.user, hop.proxy_command)
+
+
+def _first_socket(hop: sshconfig.Hop, timeout: float) -> socket.socket | paramiko.ProxyCommand:
+    if not hop.proxy_command:
+        return _tcp_socket(hop.hostname, hop.port, timeout)
+    try:
+        return paramiko.ProxyCommand(hop.proxy_command)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise SSHError(f"ProxyCommand for {hop.alias} failed to start: {exc}",
+                       hint=f"the command was: {hop.proxy_command}") from exc
+
+
+def _open_route(hops: Sequence[sshconfig.Hop], timeout: float, prompt: auth.PromptHandler | None
+                ) -> tuple[_Link, _Login]:
+    """A link to the last hop (one reference, the caller's), reusing live links of its prefixes."""
+    keys = [tuple(_hop_key(h) for h in hops[: i + 1]) for i in range(len(hops))]
+    link: _Link | None = None
+    start = 0
+    with _LINKS_LOCK:
+        for i in range(len(hops) - 1, -1, -1):
+            found = _LINKS.get(keys[i])
+            if found is not None and found.alive():
+                found.refs += 1
+                link, start = found, i + 1
+                break
+    passphrases: dict[str, str] = {}
+    login: _Login | None = None
+    try:
+        for i in range(start, len(hops)):
+            hop = hops[i]
+            hop_timeout = hop.connect_timeout or timeout
+            creds = auth.Credentials(hop.identity_files, hop.identities_only, True, prompt, passphrases)
+            login = _Login(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts), hop_timeout,
+                           hop.accept_new, hop.keepalive)
+            if link is None:
+                sock = _first_socket(hop, hop_timeout)
+            else:
+                via = SSHRemote(link.transport, host=hops[i - 1].hostname, port=hops[i - 1].port,
+                                user=hops[i - 1].user, login=login)
+                try:
+                    sock = via.open_tcp(hop.hostname, hop.port, timeout=hop_timeout)
+                except SSHError as exc:
+                    raise SSHError(f"cannot reach {hop.hostname} port {hop.port} through "
+                                   f"{hops[i - 1].alias}: {exc}") from exc
+            try:
+                transport = _handshake(sock, hop.hostname, hop.port, list(hop.key_names), login)
+            except SSHError:
+                sock.close()
+                raise
+            new = _Link(keys[i], transport, link, hop.keepalive)
+            link = new  # the reference on the previous link is now new.via's
+            with _LINKS_LOCK:
+                _LINKS[keys[i]] = new
+    except BaseException:
+        if link is not None:
+            link.release()
+        raise
+    if login is None:  # the whole route was already open
+        hop = hops[-1]
+        creds = auth.Credentials(hop.identity_files, hop.identities_only, True, prompt, passphrases)
+        login = _Login(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts), timeout,
+                       hop.accept_new, hop.keepalive)
+    assert link is not None
+    return link, login
 
 
 class SSHRemote:
@@ -162,10 +261,15 @@ class SSHRemote:
         user: str,
         login: _Login,
         parent: SSHRemote | None = None,
+        link: _Link | None = None,
     ) -> None:
         self.transport = transport
         self.host, self.port, self.user = host, port, user
-        self.parent = parent
+        self.parent = parent  # the login host a node hop (jump) goes through
+        self._link = link  # shared: released, not closed, by close()
+        self._shared = link is not None
+        self.keepalive = login.keepalive
+        self.route = f"{user}@{host}:{port}"
         self._children: list[SSHRemote] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
@@ -188,16 +292,17 @@ class SSHRemote:
         timeout: float = 10.0,
         accept_new_host_key: bool = False,
         allow_agent: bool = True,
+        prompt_handler: auth.PromptHandler | None = auth.askpass_or_terminal,
     ) -> SSHRemote:
         """Connect, check the host key, authenticate. known_hosts_files: checked in order, the
-        first is where an accepted new key is added (default ~/.ssh/known_hosts + system file)."""
+        first is where an accepted new key is added (default ~/.ssh/known_hosts + system file).
+        No ~/.ssh/config, no sharing: a connection of its own."""
         login = _Login(
             user or getpass.getuser(),
-            identity_file,
+            auth.Credentials((identity_file,) if identity_file else (), False, allow_agent, prompt_handler),
             hostkeys.KnownHosts(known_hosts_files),
             timeout,
             accept_new_host_key,
-            allow_agent,
         )
         sock = _tcp_socket(host, port, timeout)
         try:
@@ -209,23 +314,29 @@ class SSHRemote:
 
     @classmethod
     def from_config(
-        cls, cfg: ClusterLike, *, timeout: float = 10.0, accept_new_host_key: bool = False
+        cls,
+        cfg: ClusterLike,
+        *,
+        timeout: float = 10.0,
+        accept_new_host_key: bool = False,
+        prompt_handler: auth.PromptHandler | None = auth.askpass_or_terminal,
     ) -> SSHRemote:
-        """Connect to a ClusterConfig's login host; its known_hosts file is checked first (and
-        receives accepted keys), then ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts."""
+        """Connect to a ClusterConfig's login host, following ~/.ssh/config ($HPCNB_SSH_CONFIG):
+        login_host may be an alias; ProxyJump hops come first. The cluster's known_hosts file is
+        checked first on every hop (and receives accepted keys), then UserKnownHostsFile (default
+        ~/.ssh/known_hosts) and the system file. Explicit cluster values win over ~/.ssh/config."""
         if not cfg.login_host:
             raise SSHError(f"cluster {getattr(cfg, 'name', '?')} has no login_host configured")
-        files = [cfg.known_hosts] if cfg.known_hosts else []
-        files += [f for f in hostkeys.default_known_hosts_files() if f not in files]
-        return cls.connect(
-            cfg.login_host,
-            cfg.port,
-            cfg.user,
-            cfg.identity_file,
-            files,
-            timeout=timeout,
-            accept_new_host_key=accept_new_host_key,
-        )
+        port = cfg.port if cfg.port not in (None, 22) else None
+        defaults = sshconfig.Defaults(user=cfg.user, port=port, identity_file=cfg.identity_file,
+                                      known_hosts=cfg.known_hosts, accept_new=accept_new_host_key)
+        hops = sshconfig.route(cfg.login_host, defaults)
+        link, login = _open_route(hops, timeout, prompt_handler)
+        last = hops[-1]
+        remote = cls(link.transport, host=last.hostname, port=last.port, user=last.user, login=login,
+                     link=link)
+        remote.route = sshconfig.describe(hops)
+        return remote
 
     def jump(
         self,
@@ -250,8 +361,9 @@ class SSHRemote:
         login = replace(
             self._login,
             user=user or self.user,
+            creds=self._login.creds.keys_only(),  # node hops: keys only, never a prompt
             timeout=timeout,
-            accept_new_host_key=accept_new_host_key,
+            accept_new_host_key=accept_new_host_key or self._login.accept_new_host_key,
         )
         try:
             transport = _handshake(chan, host, port, names, login)
@@ -292,7 +404,11 @@ class SSHRemote:
             raise SSHError(f"connection to {self.host} lost: {exc or type(exc).__name__}") from exc
 
     def is_alive(self) -> bool:
-        return self.transport.is_active() and (self.parent is None or self.parent.is_alive())
+        return (
+            self.transport.is_active()
+            and (self._link is None or self._link.alive())
+            and (self.parent is None or self.parent.is_alive())
+        )
 
     # --- Remote protocol -------------------------------------------------------------------
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
@@ -387,7 +503,11 @@ class SSHRemote:
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
-        self.transport.close()
+        link, self._link = self._link, None
+        if link is not None:
+            link.release()
+        elif not self._shared:
+            self.transport.close()
 
     def __enter__(self) -> SSHRemote:
         return self

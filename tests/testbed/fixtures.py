@@ -63,3 +63,50 @@ def ssh(command: str, *, host: str = topology.LOGIN.addr, user: str = topology.U
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ssh_argv(host, user, jump), command], capture_output=True, text=True,
                           input=input, timeout=timeout)
+
+
+# --- the gateway (ProxyJump, TOTP) ---------------------------------------------------------------
+TOTP_ASKPASS = HERE / "testbed" / "totp.py"
+
+
+def ssh_config_copy(tmp_path: Path, known_hosts: Path | None = None) -> Path:
+    """The testbed's client ssh_config, optionally with another known_hosts file."""
+    text = topology.SSH_CONFIG.read_text()
+    if known_hosts is not None:
+        text = text.replace(str(topology.KNOWN_HOSTS), str(known_hosts))
+    path = tmp_path / "ssh_config"
+    path.write_text(text)
+    return path
+
+
+def gateway_env(tmp_path: Path, ssh_config: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for `python -m hpcnb` through the gateway: ssh config, TOTP askpass, prompt log."""
+    return {"HPCNB_SSH_CONFIG": str(ssh_config or topology.SSH_CONFIG),
+            "HPCNB_ASKPASS": str(TOTP_ASKPASS), "HPCNB_TB_PROMPT_LOG": str(tmp_path / "prompts.log"),
+            **extra}
+
+
+def prompts(tmp_path: Path) -> list[str]:
+    log = tmp_path / "prompts.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def seed_session(state_dir: Path, cluster: str, job_id: str = "999999") -> None:
+    """A running session in hpcnb's local store, so `hpcnb list` asks the cluster about it."""
+    import time
+
+    from hpcnb.store import SessionRecord, Store
+
+    now = time.time()
+    with Store(state_dir / "sessions.db") as store:
+        store.add(SessionRecord(cluster=cluster, job_id=job_id, name="hpcnb", scheduler="slurm",
+                                partition="debug", tunnel="direct", submitted_at=now, state="running",
+                                node="node01", time_left_s=3600, updated_at=now))
+
+
+def host_fingerprint(host: topology.Host) -> str:
+    from testbed.accounts import host_key
+
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(host_key(host).with_suffix(".pub"))],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()[1]

@@ -6,13 +6,13 @@ import os
 import shutil
 import time
 
-from . import accounts, net, services
+from . import accounts, conffiles, net, services
 from .proc import TestbedError, read_pid, stop_pid
 from .topology import HOSTS, NODES, PIDS, ROOT
 
 # Stopped in this order: the entry points first, the database last.
-DAEMONS = ("sshd-login1", *(f"sshd-{n.name}" for n in NODES), *(f"slurmd-{n.name}" for n in NODES),
-           "slurmctld", "slurmdbd", "mariadb", "munged")
+DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES),
+           *(f"slurmd-{n.name}" for n in NODES), "slurmctld", "slurmdbd", "mariadb", "munged")
 
 
 def up() -> None:
@@ -22,6 +22,7 @@ def up() -> None:
     accounts.ensure_users()
     accounts.ensure_client_keys()
     accounts.ensure_host_keys()
+    accounts.ensure_totp()
     accounts.ensure_venv()
     net.up()
     services.start_all()
@@ -39,6 +40,7 @@ def down() -> None:
         for pid in net.pids_in(host):
             stop_pid(pid, grace=2.0)
     net.down()
+    conffiles.PAM_FILE.unlink(missing_ok=True)
     shutil.rmtree(ROOT, ignore_errors=True)
     left = leftovers()
     if left:
@@ -48,6 +50,8 @@ def down() -> None:
 
 def leftovers() -> list[str]:
     found = net.leftovers()
+    if conffiles.PAM_FILE.exists():
+        found.append(f"file {conffiles.PAM_FILE}")
     if PIDS.exists():
         found += [f"daemon {name}" for name in DAEMONS if read_pid(name)]
     return found
@@ -60,6 +64,8 @@ def status() -> int:
         print(f"{name:16} {'running, pid ' + str(pid) if pid else 'stopped'}")
     for item in net.leftovers():
         print(f"{item:16} present")
+    if conffiles.PAM_FILE.exists():
+        print(f"pam service      {conffiles.PAM_FILE.name}")
     print(f"venv             {'ready' if accounts.venv_ready() else 'missing'}")
     return 0 if len(running) == len(DAEMONS) else 3
 

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 from pathlib import Path
 
+from .conffiles import TOTP_STEP, write_atomic
 from .proc import sh
-from .topology import CLIENT, HOSTKEYS, HOSTS, KNOWN_HOSTS, USERS, VENV, Host
+from .topology import (
+    CLIENT,
+    ETC,
+    HOSTKEYS,
+    HOSTS,
+    KNOWN_HOSTS,
+    OATH_USERS,
+    TOTP_SECRETS,
+    USERS,
+    VENV,
+    Host,
+    key_names,
+)
 
 
 def ensure_users() -> None:
@@ -40,8 +54,7 @@ def ensure_client_keys() -> None:
         ssh_dir = Path(entry.pw_dir) / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         auth = ssh_dir / "authorized_keys"
-        auth.write_text(key.with_suffix(".pub").read_text())
-        auth.chmod(0o600)
+        write_atomic(auth, key.with_suffix(".pub").read_text(), 0o600)
         for path in (ssh_dir, auth):
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
@@ -58,9 +71,36 @@ def ensure_host_keys() -> None:
             key.parent.mkdir(parents=True, exist_ok=True)
             sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key)])
         kind, blob = key.with_suffix(".pub").read_text().split()[:2]
-        lines.append(f"{host.name},{host.addr} {kind} {blob}\n")
+        lines.append(f"{','.join(key_names(host))} {kind} {blob}\n")
     # The laptop side's known_hosts: the tests never turn host-key checking off.
-    KNOWN_HOSTS.write_text("".join(lines))
+    write_atomic(KNOWN_HOSTS, "".join(lines))
+
+
+def ensure_totp() -> None:
+    """A TOTP secret per user: pam_oath's users file (root only) and the laptop side's copy.
+
+    Kept when present: pam_oath records the last accepted step in its file (replay protection).
+    """
+    TOTP_SECRETS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ETC.mkdir(parents=True, exist_ok=True)
+    known = OATH_USERS.read_text() if OATH_USERS.exists() else ""
+    lines = known.splitlines(keepends=True)
+    for user in USERS:
+        mine = TOTP_SECRETS / user
+        if not mine.exists():
+            mine.write_text(secrets.token_hex(20) + "\n")
+            mine.chmod(0o600)
+        secret = mine.read_text().strip()
+        kind = f"HOTP/T{TOTP_STEP}/6"
+        lines = [line for line in lines
+                 if line.split()[1:2] != [user] or (line.startswith(kind) and secret in line)]
+        if not any(line.split()[1:2] == [user] for line in lines):
+            lines.append(f"{kind}\t{user}\t-\t{secret}\n")
+            (TOTP_SECRETS / f"{user}.last").unlink(missing_ok=True)  # a new line starts afresh
+    text = "".join(lines)
+    if text != known:
+        write_atomic(OATH_USERS, text, 0o600)
+    OATH_USERS.chmod(0o600)
 
 
 def venv_ready() -> bool:

@@ -1,17 +1,27 @@
-"""The testbed's configuration files: slurm.conf, slurmdbd.conf and one sshd_config per host."""
+"""The testbed's configuration files: slurm.conf, slurmdbd.conf, one sshd_config per host, the gateway's
+PAM service, and the laptop side's ssh_config."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .topology import (
+    CLIENT,
     CLUSTER_NAME,
     ETC,
+    GATEWAY,
+    GATEWAY_PAM_SERVICE,
+    KNOWN_HOSTS,
     LOG,
     LOGIN,
     LOGIN_INNER_ADDR,
     NODES,
+    OATH_USERS,
     RUN,
     SLURM_CONF,
     SPOOL,
+    SSH_CONFIG,
+    USERS,
     Host,
 )
 
@@ -89,6 +99,104 @@ SetEnv SLURM_CONF={slurm_conf}
 """
 
 
+# The gateway (bastion): a key AND a TOTP code, like a site with Duo or TOTP on its login nodes.
+# sshd's PAM service is the name it runs under (auth-pam.c: SSHD_PAM_SERVICE is __progname), so the
+# gateway's sshd runs as a link named GATEWAY_PAM_SERVICE and the system's own sshd stack is untouched.
+GATEWAY_SSHD_CONF_TEXT = """\
+Port 22
+ListenAddress {addr}
+HostKey {host_key}
+PidFile {run}/sshd-{name}.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication yes
+AuthenticationMethods publickey,keyboard-interactive
+UsePAM yes
+PermitRootLogin no
+AllowTcpForwarding yes
+AllowStreamLocalForwarding no
+X11Forwarding no
+PrintMotd no
+MaxStartups 100:30:200
+MaxSessions 50
+Subsystem sftp internal-sftp
+"""
+
+# pam_oath(8): the prompt is "One-time password (OATH) for `USER': ". It refuses a code whose time
+# step is not newer than the last one accepted (replay), so tests use each step once (testbed/totp.py).
+GATEWAY_PAM_TEXT = """\
+# hpcnb testbed gateway (tests/testbed/cluster): a TOTP code from pam_oath; removed by `down`.
+auth     required pam_oath.so usersfile={users} window={window} digits=6
+account  required pam_permit.so
+session  required pam_permit.so
+password required pam_deny.so
+"""
+TOTP_STEP = 30  # seconds; liboath 2.6 reads only T30 and T60 from its users file
+# Steps either side of now that pam_oath accepts: wide, since tests log in many times a minute and
+# each login takes the next unused step (testbed/totp.py), running ahead of the clock for a while.
+TOTP_WINDOW = 200
+PAM_FILE = Path("/etc/pam.d") / GATEWAY_PAM_SERVICE
+
+# The laptop side's ~/.ssh/config (tests point HPCNB_SSH_CONFIG at it). First value obtained wins,
+# so the specific blocks come before the `tb-*` defaults.
+SSH_CONFIG_TEXT = """\
+# hpcnb testbed: the laptop side's ssh config (written by tests/testbed/cluster up).
+Host tb-gateway
+    HostName {gateway}
+
+Host tb-login
+    HostName {login_inner}
+    ProxyJump tb-gateway
+
+Host tb-node01
+    HostName {node01}
+
+# Two jumps: gateway, then node01, then login1's inner address.
+Host tb-login-chain
+    HostName {login_inner}
+    ProxyJump tb-gateway,tb-node01
+
+# No gateway: login1's outer address through a ProxyCommand.
+Host tb-login-pc
+    HostName {login_outer}
+    ProxyCommand socat - TCP:%h:%p
+
+Host tb-*
+    User {user}
+    IdentityFile {identity}
+    IdentitiesOnly yes
+    UserKnownHostsFile {known_hosts}
+    ServerAliveInterval 15
+"""
+
+
+def ssh_config_text() -> str:
+    return SSH_CONFIG_TEXT.format(
+        gateway=GATEWAY.addr, login_inner=LOGIN_INNER_ADDR, login_outer=LOGIN.addr,
+        node01=NODES[0].addr, user=USERS[0], identity=CLIENT / f"id_ed25519_{USERS[0]}",
+        known_hosts=KNOWN_HOSTS)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace a file others may be reading (concurrent test runs) without an empty moment."""
+    if path.exists() and path.read_text() == text:
+        path.chmod(mode)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def write_gateway(host_key_of) -> None:
+    """The gateway's sshd_config and PAM service, and the laptop side's ssh_config."""
+    write_atomic(sshd_conf_path(GATEWAY), GATEWAY_SSHD_CONF_TEXT.format(
+        addr=GATEWAY.addr, host_key=host_key_of(GATEWAY), run=RUN, name=GATEWAY.name))
+    write_atomic(PAM_FILE, GATEWAY_PAM_TEXT.format(users=OATH_USERS, window=TOTP_WINDOW))
+    write_atomic(SSH_CONFIG, ssh_config_text(), 0o600)
+
+
 def slurm_conf() -> str:
     nodes = "\n".join(
         f"NodeName={n.name} NodeAddr={n.addr} NodeHostname={n.name} CPUs=8 RealMemory=4000 State=UNKNOWN"
@@ -115,4 +223,5 @@ def write_all(host_key_of) -> None:
         sshd_conf_path(host).write_text(SSHD_CONF_TEXT.format(
             addr=host.addr, extra_listen=extra, host_key=host_key_of(host), run=RUN, name=host.name,
             slurm_conf=SLURM_CONF))
+    write_gateway(host_key_of)
     ETC.chmod(0o755)

@@ -1,4 +1,5 @@
-"""Network namespaces and veth links: laptop <-> login1 <-> (bridge) <-> node01, node02."""
+"""Network namespaces and veth links: laptop <-> login1 <-> (bridge) <-> node01, node02, and
+laptop <-> gateway <-> (login1's bridge): the gateway reaches login1's inner address, the laptop does not."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from pathlib import Path
 
 from .proc import sh
 from .topology import (
+    GATEWAY,
+    GATEWAY_ADDR,
+    GATEWAY_IF,
+    GATEWAY_INNER_ADDR,
+    GATEWAY_LAPTOP_ADDR,
     HOSTS,
     LAPTOP_ADDR,
     LAPTOP_IF,
@@ -31,7 +37,8 @@ def hosts_file(host: Host) -> Path:
 
 
 def up() -> None:
-    names = "".join(f"{h.addr}\t{h.name}\n" for h in HOSTS)
+    # Inside the cluster the gateway is known by its address on the bridge.
+    names = "".join(f"{GATEWAY_INNER_ADDR if h is GATEWAY else h.addr}\t{h.name}\n" for h in HOSTS)
     for host in HOSTS:
         hosts_file(host).parent.mkdir(parents=True, exist_ok=True)
         hosts_file(host).write_text(f"127.0.0.1\tlocalhost\n{names}")
@@ -67,6 +74,25 @@ def up() -> None:
         sh(["ip", "-n", node.name, "link", "set", "eth0", "up"])
         # Nodes reach all of login1's addresses through it; login1 forwards nothing further.
         sh(["ip", "-n", node.name, "route", "replace", "default", "via", LOGIN_INNER_ADDR])
+    gateway_up()
+
+
+def gateway_up() -> None:
+    """The gateway's two links; added to a running testbed without touching the others."""
+    if not link_exists(GATEWAY_IF):
+        sh(["ip", "link", "add", GATEWAY_IF, "type", "veth", "peer", "name", "eth0",
+            "netns", GATEWAY.name])
+        sh(["ip", "addr", "add", f"{GATEWAY_LAPTOP_ADDR}/30", "dev", GATEWAY_IF])
+        sh(["ip", "-n", GATEWAY.name, "addr", "add", f"{GATEWAY_ADDR}/30", "dev", "eth0"])
+    sh(["ip", "link", "set", GATEWAY_IF, "up"])
+    sh(["ip", "-n", GATEWAY.name, "link", "set", "eth0", "up"])
+    port = f"v-{GATEWAY.name}"
+    if not link_exists(port, LOGIN.name):
+        sh(["ip", "-n", LOGIN.name, "link", "add", port, "type", "veth", "peer", "name", "eth1",
+            "netns", GATEWAY.name])
+        sh(["ip", "-n", GATEWAY.name, "addr", "add", f"{GATEWAY_INNER_ADDR}/24", "dev", "eth1"])
+    sh(["ip", "-n", LOGIN.name, "link", "set", port, "master", "br0", "up"])
+    sh(["ip", "-n", GATEWAY.name, "link", "set", "eth1", "up"])
 
 
 def down() -> None:
@@ -77,8 +103,9 @@ def down() -> None:
         if hosts_file(host).exists():
             hosts_file(host).unlink()
             hosts_file(host).parent.rmdir()
-    if link_exists(LAPTOP_IF):
-        sh(["ip", "link", "del", LAPTOP_IF], check=False)
+    for link in (LAPTOP_IF, GATEWAY_IF):
+        if link_exists(link):
+            sh(["ip", "link", "del", link], check=False)
     if unreachable_route_present():
         sh(["ip", "route", "del", "unreachable", TESTBED_NET], check=False)
 
@@ -97,8 +124,7 @@ def pids_in(host: Host) -> list[int]:
 def leftovers() -> list[str]:
     """What of the network part is still there (for `status` and for the teardown test)."""
     found = [f"namespace {h.name}" for h in HOSTS if namespace_exists(h)]
-    if link_exists(LAPTOP_IF):
-        found.append(f"link {LAPTOP_IF}")
+    found += [f"link {link}" for link in (LAPTOP_IF, GATEWAY_IF) if link_exists(link)]
     if unreachable_route_present():
         found.append(f"route {TESTBED_NET}")
     return found

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import conffiles
 from .accounts import host_key
 from .proc import TestbedError, in_host, read_pid, sh, start_daemon, wait_for
-from .topology import LOG, LOGIN, MYSQL_DATA, NODES, SLURM_CONF, Host
+from .topology import BIN, GATEWAY, GATEWAY_PAM_SERVICE, LOG, LOGIN, MYSQL_DATA, NODES, SLURM_CONF, Host
 
 MYSQL_SOCKET = Path("/run/mysqld/mysqld.sock")
 
@@ -85,16 +85,28 @@ def start_slurm() -> None:
     wait_for("node01 and node02 idle in sinfo", nodes_idle, timeout=60, interval=0.3)
 
 
+def sshd_binary(host: Host) -> str:
+    """/usr/sbin/sshd, or for the gateway a link to it whose name is the PAM service it uses."""
+    if host is not GATEWAY:
+        return "/usr/sbin/sshd"
+    BIN.mkdir(parents=True, exist_ok=True)
+    link = BIN / GATEWAY_PAM_SERVICE
+    if not link.is_symlink():
+        link.symlink_to("/usr/sbin/sshd")
+    return str(link)
+
+
 def start_sshd(host: Host) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     conf = conffiles.sshd_conf_path(host)
-    sh(["/usr/sbin/sshd", "-t", "-f", str(conf)])
+    sshd = sshd_binary(host)
+    sh([sshd, "-t", "-f", str(conf)])
     # `ip netns exec` (unlike nsenter) bind-mounts /etc/netns/NAME/hosts over /etc/hosts, so
     # sessions on the host resolve the testbed's names, as on a cluster (the torque wrappers need it).
     start_daemon(f"sshd-{host.name}", [
         "ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c",
         f'hostname {host.name} && exec "$@"', "sh",
-        "/usr/sbin/sshd", "-D", "-f", str(conf), "-E", str(LOG / f"sshd-{host.name}.log")])
+        sshd, "-D", "-f", str(conf), "-E", str(LOG / f"sshd-{host.name}.log")])
 
 
 def wait_for_sshd(host: Host) -> None:
@@ -113,9 +125,9 @@ def start_all() -> None:
     start_mariadb()
     start_slurmdbd()
     start_slurm()
-    for host in (LOGIN, *NODES):
+    for host in (LOGIN, *NODES, GATEWAY):
         start_sshd(host)
-    for host in (LOGIN, *NODES):
+    for host in (LOGIN, *NODES, GATEWAY):
         wait_for_sshd(host)
 
 

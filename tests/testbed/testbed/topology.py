@@ -33,17 +33,38 @@ LAPTOP_ADDR = "10.213.0.1"
 LOGIN_OUTER_ADDR = "10.213.0.2"  # what the laptop connects to
 LOGIN_INNER_ADDR = "10.213.1.1"  # what the nodes see (slurmctld, slurmdbd)
 
+# The SSH gateway (bastion): the laptop reaches it over its own veth link; it sits on login1's bridge
+# and asks for a key AND a TOTP code (PAM pam_oath). Through it the laptop reaches login1's inner
+# address, to which the laptop itself has no route.
+GATEWAY_IF = "hpcnb-gw"
+GATEWAY_LAPTOP_ADDR = "10.213.2.1"
+GATEWAY_ADDR = "10.213.2.2"  # what the laptop connects to
+GATEWAY_INNER_ADDR = "10.213.1.2"  # on login1's bridge
+GATEWAY_PAM_SERVICE = "hpcnb-tb-gateway"  # sshd's PAM service is the name it runs under
+OATH_USERS = ETC / "users.oath"  # what pam_oath reads (and writes: it records the last code used)
+TOTP_SECRETS = CLIENT / "totp"  # the laptop side's copy of each user's TOTP secret (hex), per user
+SSH_CONFIG = CLIENT / "ssh_config"  # an ~/.ssh/config for the laptop side: tb-gateway, tb-login, ...
+BIN = ROOT / "bin"
+
 
 @dataclass(frozen=True)
 class Host:
     name: str
     addr: str  # the address others use to reach it
-    role: str  # "login" or "compute"
+    role: str  # "login", "compute" or "gateway"
 
 
 LOGIN = Host("login1", LOGIN_OUTER_ADDR, "login")
 NODES = (Host("node01", "10.213.1.11", "compute"), Host("node02", "10.213.1.12", "compute"))
-HOSTS = (LOGIN, *NODES)
+GATEWAY = Host("gateway", GATEWAY_ADDR, "gateway")
+HOSTS = (LOGIN, *NODES, GATEWAY)
+
+
+def key_names(host: Host) -> list[str]:
+    """The names the laptop may know a host's key under (login1 also by its inner address, which the
+    laptop reaches through the gateway)."""
+    extra = {LOGIN.name: [LOGIN_INNER_ADDR], GATEWAY.name: []}.get(host.name, [])
+    return [host.name, host.addr, *extra]
 
 
 def netns_path(host: Host) -> str:

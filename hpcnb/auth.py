@@ -1,0 +1,241 @@
+"""Authenticating one SSH transport: keys (identity files, ssh-agent), then keyboard-interactive.
+
+Order, as OpenSSH's: identity files that need no passphrase, then the agent's keys (only those of
+the configured identity files when IdentitiesOnly), then passphrase-protected identity files (the
+passphrase is asked once per file and process). A server that wants a second factor
+(`AuthenticationMethods publickey,keyboard-interactive`, RFC 4252 partial success) or only
+keyboard-interactive (TOTP, Duo) gets its prompts answered by a PromptHandler: by default the
+program named by $HPCNB_ASKPASS, else the terminal. A rejected answer is not retried: one prompt
+per host per command, and an error (exit 4) that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+
+from hpcnb.errors import SSHError
+from hpcnb.hostkeys import fingerprint, key_label
+
+# What OpenSSH tries when no IdentityFile is configured (ssh(1) -i).
+DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+ASKPASS_ENV = "HPCNB_ASKPASS"
+KBD = "keyboard-interactive"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question from a server (or for a key's passphrase), as it should be shown."""
+
+    host: str
+    user: str
+    text: str
+    echo: bool
+    title: str = ""
+    instructions: str = ""
+
+
+PromptHandler = Callable[[Prompt], str]
+
+
+def askpass_or_terminal(prompt: Prompt) -> str:
+    """$HPCNB_ASKPASS PROMPT (its first output line), else the terminal (getpass when echo is off)."""
+    program = os.environ.get(ASKPASS_ENV)
+    if program:
+        env = {**os.environ, "HPCNB_ASKPASS_ECHO": "1" if prompt.echo else "0",
+               "HPCNB_ASKPASS_HOST": prompt.host}
+        try:
+            proc = subprocess.run([program, prompt.text], capture_output=True, text=True, env=env,
+                                  timeout=300, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SSHError(f"{ASKPASS_ENV} program {program!r} failed: {exc}") from exc
+        if proc.returncode != 0:
+            raise SSHError(f"{ASKPASS_ENV} program {program!r} exited {proc.returncode}: "
+                           f"{proc.stderr.strip()[-200:]}")
+        return proc.stdout.splitlines()[0] if proc.stdout else ""
+    try:
+        tty = open("/dev/tty", "r+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError:
+        raise SSHError(
+            f"{prompt.user}@{prompt.host} asks {prompt.text.strip()!r} but there is no terminal to answer",
+            hint=f"run hpcnb in a terminal, or set {ASKPASS_ENV} to a program that prints the answer",
+        ) from None
+    with tty:
+        for line in (prompt.title, prompt.instructions):
+            if line.strip():
+                tty.write(line.strip() + "\n")
+        tty.flush()
+        if prompt.echo:
+            tty.write(prompt.text)
+            tty.flush()
+            return tty.readline().rstrip("\n")
+    import getpass
+
+    return getpass.getpass(prompt.text, stream=sys.stderr)
+
+
+@dataclass
+class Credentials:
+    """How to prove who we are; shared by every hop of one command (passphrases asked once)."""
+
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    allow_agent: bool = True
+    prompt: PromptHandler | None = askpass_or_terminal  # None: keys only (node hops)
+    _passphrases: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def keys_only(self) -> Credentials:
+        return Credentials(self.identity_files, self.identities_only, self.allow_agent, None,
+                           self._passphrases)
+
+
+def _load(path: Path, passphrase: str | None = None) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+    except FileNotFoundError as exc:
+        raise SSHError(f"identity file {path} does not exist") from exc
+    except paramiko.PasswordRequiredException:
+        raise
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        if passphrase is not None:
+            raise SSHError(f"cannot read identity file {path}: wrong passphrase?") from exc
+        raise SSHError(f"cannot read identity file {path}: {exc}") from exc
+
+
+def load_identity(path: str) -> paramiko.PKey:
+    """An identity file that needs no passphrase (SSHError otherwise)."""
+    full = Path(path).expanduser()
+    try:
+        return _load(full)
+    except paramiko.PasswordRequiredException as exc:
+        raise SSHError(f"identity file {full} is protected by a passphrase",
+                       hint="load it into ssh-agent (ssh-add), or run hpcnb where it can ask") from exc
+
+
+def _public_blob(path: Path) -> bytes | None:
+    """The public key of an identity file, from its .pub (to pick agent keys without a passphrase)."""
+    with contextlib.suppress(OSError, ValueError, paramiko.SSHException, IndexError):
+        import base64
+
+        return base64.b64decode(path.with_name(path.name + ".pub").read_text().split()[1])
+    return None
+
+
+class _Authenticator:
+    def __init__(self, transport: paramiko.Transport, host: str, user: str, creds: Credentials):
+        self.transport, self.host, self.user, self.creds = transport, host, user, creds
+        self.tried: list[str] = []
+        self.answered = False  # a keyboard-interactive round was answered
+
+    def _files(self) -> list[Path]:
+        if self.creds.identity_files:
+            return [Path(p).expanduser() for p in dict.fromkeys(self.creds.identity_files)]
+        return [p for p in (Path(c).expanduser() for c in DEFAULT_IDENTITIES) if p.exists()]
+
+    def _ask(self, text: str, echo: bool = False, title: str = "", instructions: str = "") -> str:
+        handler = self.creds.prompt
+        if handler is None:
+            raise SSHError(f"{self.user}@{self.host} asks {text.strip()!r}, but this hop takes keys only",
+                           hint="SSH to compute nodes must work with your key (or ssh-agent)")
+        return handler(Prompt(self.host, self.user, text, echo, title, instructions))
+
+    def _kbd_handler(self, title: str, instructions: str, prompts: Sequence[tuple[str, bool]]) -> list[str]:
+        if not prompts:
+            return []  # PAM often sends an empty round (instructions only)
+        if self.answered:
+            # A second round after an answer means the first was refused: never loop on a code.
+            raise paramiko.AuthenticationException("the server asked again")
+        self.answered = True
+        return [self._ask(text, echo, title, instructions) for text, echo in prompts]
+
+    def keyboard_interactive(self) -> None:
+        try:
+            left = self.transport.auth_interactive(self.user, self._kbd_handler)
+        except paramiko.BadAuthenticationType as exc:
+            raise self._failed(f"the server does not accept {KBD} (it allows "
+                               f"{', '.join(exc.allowed_types)})") from exc
+        except paramiko.AuthenticationException as exc:
+            raise SSHError(
+                f"authentication failed for {self.user}@{self.host}: the answer to its "
+                f"{KBD} prompt was refused" + (f" ({exc})" if str(exc) else ""),
+                hint="check the code (a TOTP code is valid for its time step only, once) and try again",
+            ) from exc
+        if not self.transport.is_authenticated():
+            raise self._failed(f"still not authenticated after {KBD} (the server wants {', '.join(left)})")
+
+    def _try_key(self, source: str, key: paramiko.PKey) -> list[str] | None:
+        """None: refused; else the methods the server still wants ([] when done)."""
+        self.tried.append(f"{source} ({key_label(key)} {fingerprint(key)})")
+        try:
+            return self.transport.auth_publickey(self.user, key)
+        except paramiko.BadAuthenticationType as exc:
+            if KBD in exc.allowed_types:
+                self.keyboard_interactive()
+                return []
+            raise self._failed(f"the server does not accept public keys (it allows: "
+                               f"{', '.join(exc.allowed_types)})") from exc
+        except paramiko.AuthenticationException:
+            return None
+
+    def _failed(self, why: str) -> SSHError:
+        return SSHError(f"authentication failed for {self.user}@{self.host}: {why}")
+
+    def _candidates(self):
+        """(source, key) in OpenSSH's order; passphrase-protected files last, loaded on demand."""
+        files = self._files()
+        locked: list[Path] = []
+        for path in files:
+            try:
+                yield str(path), _load(path)
+            except paramiko.PasswordRequiredException:
+                locked.append(path)
+            except SSHError:
+                if self.creds.identity_files:
+                    raise
+        if self.creds.allow_agent:
+            agent = paramiko.Agent()
+            try:
+                wanted = {b for b in (_public_blob(p) for p in files) if b}
+                for key in agent.get_keys():
+                    if not self.creds.identities_only or key.asbytes() in wanted:
+                        yield "ssh-agent", key
+            finally:
+                agent.close()
+        for path in locked:
+            cache = self.creds._passphrases
+            if str(path) not in cache:
+                cache[str(path)] = self._ask(f"Enter passphrase for key '{path}': ")
+            yield str(path), _load(path, cache[str(path)])
+
+    def run(self) -> None:
+        for source, key in self._candidates():
+            left = self._try_key(source, key)
+            if left is None:
+                continue
+            if self.transport.is_authenticated():
+                return
+            if KBD in left:  # partial success: the key was accepted, now the second factor
+                self.keyboard_interactive()
+                return
+            if "publickey" not in left:
+                raise self._failed(f"the key was accepted but the server also wants {', '.join(left)}")
+        if self.transport.is_authenticated():
+            return
+        raise SSHError(
+            f"authentication failed for {self.user}@{self.host}: "
+            + ("tried " + "; ".join(self.tried) if self.tried else "no identity file and no ssh-agent keys"),
+            hint=f"add your public key to ~{self.user}/.ssh/authorized_keys on {self.host}, "
+            "or set identity_file in the cluster config (or IdentityFile in ~/.ssh/config)",
+        )
+
+
+def authenticate(transport: paramiko.Transport, host: str, user: str, creds: Credentials) -> None:
+    """Authenticate or raise SSHError (exit 4) naming what was tried."""
+    _Authenticator(transport, host, user, creds).run()

@@ -1,0 +1,180 @@
+"""The user's ~/.ssh/config (or $HPCNB_SSH_CONFIG), and the route to a cluster's login host.
+
+Parsed by paramiko.SSHConfig (Host and Match blocks, tokens, first value obtained wins). Honoured:
+Host aliases, HostName, User, Port, IdentityFile (several), IdentitiesOnly, ProxyJump (several hops,
+each looked up in the config itself), ProxyCommand, ServerAliveInterval, UserKnownHostsFile,
+GlobalKnownHostsFile, HostKeyAlias, ConnectTimeout, and StrictHostKeyChecking=accept-new (like
+--accept-new-host-key). Host-key checking is never turned off: `no`/`off` count as `yes`.
+
+Precedence: what the hpcnb cluster config sets explicitly (user, port other than 22,
+identity_file, known_hosts) wins over ~/.ssh/config; the config supplies the rest.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from hpcnb import hostkeys
+from hpcnb.errors import ConfigError
+
+ENV = "HPCNB_SSH_CONFIG"
+DEFAULT_PATH = "~/.ssh/config"
+DEFAULT_KEEPALIVE_S = 30  # when ServerAliveInterval is not set: idle firewalls drop silent links
+MAX_JUMP_DEPTH = 8  # a ProxyJump whose first hop has a ProxyJump ...: stop loops
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(ENV) or DEFAULT_PATH).expanduser()
+
+
+def load(path: Path | None = None) -> paramiko.SSHConfig:
+    """The parsed file; an empty config when it does not exist."""
+    path = path or config_path()
+    if not path.exists():
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        raise ConfigError(f"cannot read the ssh config {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One SSH connection of a route: where to, as whom, with what keys and host-key files."""
+
+    alias: str  # the name as written (for messages)
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...]
+    identities_only: bool
+    known_hosts: tuple[str, ...]  # checked in order; the first receives accepted keys
+    accept_new: bool
+    keepalive: int  # seconds; 0: off
+    key_host: str  # HostKeyAlias, else hostname: the name its host key is looked up under
+    proxy_command: str | None = None  # first hop only
+    connect_timeout: float | None = None
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return (hostkeys.host_key_name(self.key_host, self.port),)
+
+
+def _words(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [w for v in value for w in str(v).split()]
+    return str(value).split()
+
+
+def _yes(value: Any) -> bool:
+    return str(value).lower() in {"yes", "true"}
+
+
+_JUMP_RE = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
+
+
+def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
+    """`[user@]host[:port]` or `ssh://[user@]host[:port]` -> (user, host, port)."""
+    match = _JUMP_RE.match(spec.strip())
+    if not match:
+        raise ConfigError(f"ProxyJump entry {spec!r} is not [user@]host[:port]")
+    port = match.group("port")
+    return match.group("user"), match.group("host").strip("[]"), int(port) if port else None
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the hpcnb cluster config says (explicit values win) or offers as a fallback."""
+
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    accept_new: bool = False
+    explicit: bool = True  # False: only fallbacks (for jump hosts, whose own config comes first)
+
+
+def _hop(config: paramiko.SSHConfig, name: str, *, user: str | None, port: int | None,
+         defaults: Defaults, target: bool) -> tuple[Hop, list[str], str | None]:
+    """The hop for `name` + its own ProxyJump list and ProxyCommand."""
+    opts = config.lookup(name)
+    target = target and defaults.explicit
+    hostname = opts.get("hostname", name)
+    cfg_port = int(opts["port"]) if "port" in opts else None
+    real_port = port or (defaults.port if target else None) or cfg_port or 22
+    real_user = user or (defaults.user if target else None) or opts.get("user") or defaults.user \
+        or getpass.getuser()
+    identities = [*([defaults.identity_file] if target and defaults.identity_file else []),
+                  *(str(Path(p).expanduser()) for p in opts.get("identityfile", [])),
+                  *([defaults.identity_file] if not target and defaults.identity_file else [])]
+    user_files = _words(opts.get("userknownhostsfile")) or [hostkeys.USER_KNOWN_HOSTS]
+    global_files = _words(opts.get("globalknownhostsfile")) or [hostkeys.SYSTEM_KNOWN_HOSTS]
+    files = [*([defaults.known_hosts] if defaults.known_hosts else []), *user_files, *global_files]
+    files = [str(Path(f).expanduser()) for f in files if f.lower() != "none"]
+    alias = opts.get("hostkeyalias")
+    keepalive = int(opts["serveraliveinterval"]) if "serveraliveinterval" in opts else DEFAULT_KEEPALIVE_S
+    timeout = float(opts["connecttimeout"]) if "connecttimeout" in opts else None
+    hop = Hop(
+        alias=name, hostname=hostname, port=real_port, user=real_user,
+        identity_files=tuple(dict.fromkeys(identities)),
+        identities_only=_yes(opts.get("identitiesonly")),
+        known_hosts=tuple(dict.fromkeys(files)),
+        accept_new=defaults.accept_new or str(opts.get("stricthostkeychecking", "")).lower() == "accept-new",
+        keepalive=keepalive,
+        key_host=alias or hostname,
+        connect_timeout=timeout,
+    )
+    jump = [j for j in str(opts.get("proxyjump", "")).split(",") if j.strip()]
+    command = opts.get("proxycommand")
+    if jump and jump[0].strip().lower() == "none":
+        jump = []
+    if command and command.strip().lower() == "none":
+        command = None
+    if jump and command:  # both set: the first one obtained wins (ssh_config(5))
+        keys = list(opts)
+        if keys.index("proxyjump") < keys.index("proxycommand"):
+            command = None
+        else:
+            jump = []
+    return hop, jump, command
+
+
+def route(host: str, defaults: Defaults, config: paramiko.SSHConfig | None = None,
+          _depth: int = 0) -> list[Hop]:
+    """The hops from here to `host` (an ssh-config alias or a host name): jump hosts first.
+
+    Like OpenSSH's ProxyJump: the first jump host is itself looked up in full (its own ProxyJump
+    or ProxyCommand applies); the later ones are reached through the previous hop.
+    """
+    if _depth > MAX_JUMP_DEPTH:
+        raise ConfigError(f"ProxyJump for {host} nests deeper than {MAX_JUMP_DEPTH} hops (a loop?)")
+    config = config if config is not None else load()
+    target, jumps, command = _hop(config, host, user=None, port=None, defaults=defaults, target=True)
+    if not jumps:
+        return [replace(target, proxy_command=command) if command else target]
+    hops: list[Hop] = []
+    for i, spec in enumerate(jumps):
+        user, name, port = parse_jump(spec)
+        if i == 0:
+            first = route(name, replace(defaults, port=None, explicit=False), config, _depth + 1)
+            if user or port:
+                first[-1] = replace(first[-1], user=user or first[-1].user, port=port or first[-1].port)
+            hops += first
+        else:
+            hop, _, _ = _hop(config, name, user=user, port=port, defaults=defaults, target=False)
+            hops.append(hop)
+    return [*hops, target]
+
+
+def describe(hops: Sequence[Hop]) -> str:
+    return " -> ".join(f"{h.user}@{h.hostname}:{h.port}" for h in hops)
