@@ -72,7 +72,9 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
             def open_(conn):
                 return conn.open_unix(handshake.socket)
 
-    first = ctx.remote if mode == "direct" else None
+    # The first connection is made here, not on the first browser request: an unknown node host
+    # key or a refused login is then this command's error (exit 5 / 4), not a retried tunnel hop.
+    first = ctx.remote if mode == "direct" else connect()
     return ReconnectingUpstream(connect, open_, notify=ctx.notify, connection=first)
 
 

@@ -155,9 +155,8 @@ def test_session_through_the_gateway_node_key_accepted_on_request(testbed, tmp_p
         status = {r["job_id"]: r for r in hpcnb.list_json(cluster)}[job_id]
         node = next(n for n in topology.NODES if n.name == status["node"])
         proc = hpcnb.run("attach", job_id, "--cluster", cluster, "--no-browser", timeout=120)
-        # The node hop is opened lazily by the tunnel (attach.py), so today this is exit 1 with the
-        # host-key line as a notice; exit 5 needs attach to open the first upstream eagerly (lead).
-        assert proc.returncode != 0, proc.stderr
+        assert proc.returncode == 5, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert host_fingerprint(node) in proc.stderr and "--accept-new-host-key" in proc.stderr
         before = len(prompts(tmp_path))
         with hpcnb.attach(job_id, cluster, "--accept-new-host-key") as attached:
