@@ -109,10 +109,14 @@ class LocalRemote:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    killpg, sigkill = getattr(os, "killpg", None), getattr(signal, "SIGKILL", None)
+    if killpg is None or sigkill is None:   # Windows: no process groups to signal
         proc.kill()
+    else:
+        try:
+            killpg(proc.pid, sigkill)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
     # A grandchild that left the group may still hold the pipes: do not hang on it.
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.communicate(timeout=5)
