@@ -1,7 +1,7 @@
 """The built-in `local` scheduler: argv for `python -m hpcnb.localjob` and its parser (pure).
 
-For trying hpcnb without a cluster. The job script (local.sh.j2) must carry its time limit as
-the line `# hpcnb-walltime-seconds: N`; the job sees HPCNB_JOB_ID and HPCNB_WALLTIME_S.
+For trying hpcnb without a cluster, on Linux or macOS. The job script (local.sh.j2) must carry its
+time limit as the line `# hpcnb-walltime-seconds: N`; the job sees HPCNB_JOB_ID and HPCNB_WALLTIME_S.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from hpcnb.errors import HpcnbError
 from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids
+
+UNSUPPORTED = "the local backend needs Linux or macOS (bash, process groups)"
 
 # localjob's state words (state.json "state") -> JobState. Documented in hpcnb/localjob.py.
 STATE_MAP: dict[str, JobState] = {
@@ -37,6 +40,10 @@ class LocalScheduler(Scheduler):
         return [self.python, "-m", "hpcnb.localjob", *args]
 
     def submit_argv(self) -> list[str]:
+        # hpcnb.localjob runs bash in its own session and signals process groups: POSIX only.
+        # Checked here, the start of every local submit, before anything runs or is recorded.
+        if sys.platform == "win32":
+            raise HpcnbError(UNSUPPORTED)
         return self._argv("submit")
 
     def parse_job_id(self, stdout: str) -> str:
