@@ -188,6 +188,9 @@ def check_script_values(values: Mapping[str, Any], where: str) -> None:
     for line in values.get("setup") or ():
         if _CONTROL_RE.search(line):
             raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
+        if (len(line) - len(line.rstrip("\\"))) % 2:
+            # a line continuation: bash's eval would read the script's next line to finish it
+            raise ConfigError(f"{where}: setup line {line!r} must be one line (it ends in a backslash)")
     for d in values.get("extra_directives") or ():
         if not _DIRECTIVE_RE.match(d):
             raise ConfigError(

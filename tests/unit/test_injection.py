@@ -16,6 +16,7 @@ setup line still runs, and so does the rest of the script.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hpcnb.config import ClusterConfig, load_cluster
@@ -42,10 +43,12 @@ SCHEDULERS = ("slurm", "pbs", "local")
 DIRECTIVE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 SENTINEL = "SENTINEL"
 # Render-only checks are cheap (one `bash -n`); the run checks start bash, mkdir, the stub...
-RENDER_EXAMPLES = 2000
-RUN_EXAMPLES = 150
+RENDER_EXAMPLES = 1500  # flags: ~7 ms each (one `bash -n`)
+CONFIG_EXAMPLES = 1200  # config: ~13 ms each (one TOML load per value, one `bash -n`)
+RUN_EXAMPLES = 250  # ~10-20 ms each: bash, mkdir, the stub
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 RENDER = settings(max_examples=RENDER_EXAMPLES, deadline=None, suppress_health_check=_HEALTH)
+CONFIG = settings(max_examples=CONFIG_EXAMPLES, deadline=None, suppress_health_check=_HEALTH)
 RUN = settings(max_examples=RUN_EXAMPLES, deadline=None, suppress_health_check=_HEALTH)
 
 PAYLOADS = [
@@ -152,6 +155,7 @@ def bash_n(script: str) -> None:
 
 
 def check_static(script: str, cfg: ClusterConfig, notebook_dir: str | None) -> None:
+    event("rendered")
     bash_n(script)
     for line in script.split("\n"):
         if line.startswith(("#SBATCH", "#PBS")):
@@ -207,12 +211,20 @@ def assert_nothing_executed(work: Path) -> None:
     assert not hits, f"a value was executed: {hits}\n{log.read_text() if log.exists() else ''}"
 
 
-def flag_request(cfg: ClusterConfig, values: dict[str, str]) -> Any:
-    try:
-        return build_request(cfg, **values)
-    except UsageError as e:
-        assert_clear_refusal(e, [FLAGS[k] for k in values])
-        return None
+def accepted_flags(cfg: ClusterConfig, values: dict[str, str]) -> dict[str, str]:
+    """Each value on its own: refused with one line naming its flag, or kept."""
+    kept = {}
+    for key, value in values.items():
+        try:
+            build_request(cfg, **{key: value})
+        except UsageError as e:
+            assert_clear_refusal(e, [FLAGS[key]])
+            event(f"refused {key}")
+            continue
+        kept[key] = value
+    if "hours" in kept and "time" in kept:  # both valid, but one of them at a time
+        del kept["time"]
+    return kept
 
 
 def write_config(ws: Path, name: str, table: dict[str, Any]) -> None:
@@ -220,14 +232,37 @@ def write_config(ws: Path, name: str, table: dict[str, Any]) -> None:
     (ws / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def config_or_refusal(ws: Path, name: str, table: dict[str, Any], hostile_keys: list[str]) -> Any:
+def refused_config(ws: Path, name: str, table: dict[str, Any], key: str) -> bool:
+    """True if the config is refused with one line naming KEY and the file; False if it loads."""
     write_config(ws, name, table)
     try:
-        return load_cluster(name or "x")
+        load_cluster(name or "x")
     except ConfigError as e:
-        assert_clear_refusal(e, hostile_keys)
+        assert_clear_refusal(e, [key])
         assert str(ws / "config.toml") in str(e), str(e)
-        return None
+        event(f"refused {key}")
+        return True
+    return False
+
+
+def accepted_config(ws: Path, name: str, base: dict[str, Any], values: dict[str, Any]) -> ClusterConfig:
+    """Each value (each list item) on its own: refused naming its key, or kept; then all kept ones
+    together must load."""
+    name = "c1" if refused_config(ws, name, base, "cluster name") else name
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, list):
+            kept[key] = [v for v in value if not refused_config(ws, name, {**base, key: [v]}, key)]
+        elif not refused_config(ws, name, {**base, key: value}, key):
+            kept[key] = value
+    write_config(ws, name, {**base, **kept})
+    return load_cluster(name or "x")
+
+
+def request_for(cfg: ClusterConfig) -> Any:
+    # config values were checked: the request must not refuse them (a table named like a shipped
+    # site extends that site, which may require an account)
+    return build_request(cfg, account="ab12" if cfg.account_required else None)
 
 
 # ------------------------------------------------------------------ the flags
@@ -239,31 +274,25 @@ flag_values = st.fixed_dictionaries({}, optional={k: hostile() for k in FLAGS})
 @given(values=flag_values, scheduler=st.sampled_from(SCHEDULERS))
 def test_flags_are_refused_or_render_inert(workspace: Path, values: dict[str, str], scheduler: str) -> None:
     cfg = load_cluster("local")
-    request = flag_request(cfg, values)
-    if request is not None:
-        check_static(render_script(cfg, request, scheduler), cfg, request.notebook_dir)
+    request = build_request(cfg, **accepted_flags(cfg, values))
+    check_static(render_script(cfg, request, scheduler), cfg, request.notebook_dir)
 
 
 @RUN
 @given(
-    values=st.fixed_dictionaries(
-        {"notebook_dir": hostile()}, optional={"name": hostile(), "partition": hostile()}
-    ),
+    values=st.fixed_dictionaries({"notebook_dir": hostile(), "name": hostile(), "partition": hostile()}),
     scheduler=st.sampled_from(SCHEDULERS),
 )
 def test_flags_never_execute_when_the_script_runs(
     workspace: Path, values: dict[str, str], scheduler: str
 ) -> None:
-    import dataclasses
-
     cfg = dataclasses.replace(load_cluster("local"), python=stub_path(workspace))
-    request = flag_request(cfg, values)
-    if request is None:
-        return
+    request = build_request(cfg, **accepted_flags(cfg, values))
     work, seen, code = run_script(render_script(cfg, request, scheduler), workspace)
     assert_nothing_executed(work)
+    event("ran the script")
     assert seen is not None and code == 0, (work / "home/.hpcnb/sessions/4242/job.log").read_text()
-    assert seen["HPCNB_NOTEBOOK_DIR"] == request.notebook_dir
+    assert seen.get("HPCNB_NOTEBOOK_DIR") == request.notebook_dir
     assert seen["HPCNB_PYTHON"] == cfg.python
     shutil.rmtree(work)
 
@@ -287,20 +316,16 @@ CONFIG_KEYS = {
 cluster_name = st.one_of(st.just("c1"), hostile())
 
 
-@RENDER
+@CONFIG
 @given(name=cluster_name, values=st.fixed_dictionaries({}, optional=CONFIG_KEYS),
        scheduler=st.sampled_from(SCHEDULERS))  # fmt: skip
 def test_config_values_are_refused_or_render_inert(
     workspace: Path, name: str, values: dict[str, Any], scheduler: str
 ) -> None:
-    table = {"scheduler": scheduler, "login_host": "login.example.org", **values}
-    keys = [*values, "cluster name"]
-    cfg = config_or_refusal(workspace, name, table, keys)
-    if cfg is not None:
-        # config values were checked: the request must not refuse them (a shipped site's name
-        # extends that site, which may require an account)
-        request = build_request(cfg, account="ab12" if cfg.account_required else None)
-        check_static(render_script(cfg, request, scheduler), cfg, request.notebook_dir)
+    base = {"scheduler": scheduler, "login_host": "login.example.org"}
+    cfg = accepted_config(workspace, name, base, values)
+    request = request_for(cfg)
+    check_static(render_script(cfg, request, scheduler), cfg, request.notebook_dir)
 
 
 @RUN
@@ -314,29 +339,31 @@ def test_config_values_are_refused_or_render_inert(
 def test_config_values_never_execute_and_setup_lines_stay_in_their_line(
     workspace: Path, name: str, setup: list[str], values: dict[str, Any], scheduler: str
 ) -> None:
-    python = values.pop("python", None) or stub_path(workspace)
-    if shutil.which(python, path=str(workspace / "tools")) and python != stub_path(workspace):
-        python = stub_path(workspace)  # names a real program: that is the user's interpreter choice
-    table = {"scheduler": scheduler, "login_host": "login.example.org", "python": python,
-             "setup": [*setup, AFTER_SETUP], **values}  # fmt: skip
-    cfg = config_or_refusal(workspace, name, table, [*values, "python", "cluster name"])
-    if cfg is None:
-        return
-    request = build_request(cfg, account="ab12" if cfg.account_required else None)
+    stub = stub_path(workspace)
+    if shutil.which(values.get("python") or stub, path=str(workspace / "tools")):
+        values.pop("python", None)  # names a real program: that is the user's interpreter choice
+    base = {"scheduler": scheduler, "login_host": "login.example.org", "python": stub}
+    setup = [
+        line for line in setup if not refused_config(workspace, "c1", {**base, "setup": [line]}, "setup")
+    ]
+    base["setup"] = [*setup, AFTER_SETUP]
+    cfg = accepted_config(workspace, name, base, values)
+    request = request_for(cfg)
     work, seen, code = run_script(render_script(cfg, request, scheduler), workspace)
     assert_nothing_executed(work)
+    event("ran the script")
     log = (work / "home/.hpcnb/sessions/4242/job.log").read_text(errors="replace")
     invalid = [i for i, line in enumerate(setup, 1) if not parses(line)]
     if invalid:  # the job stops at the first line that is not valid shell, and says which
         ended = json.loads((work / "home/.hpcnb/sessions/4242/ended").read_text())
         assert code == 2 and seen is None, log
         assert ended["reason"] == f"setup line {invalid[0]} is not valid shell", log
-    elif python == stub_path(workspace):
+    elif cfg.python == stub:
         assert seen is not None and code == 0, log
         assert seen["HPCNB_TEST_AFTER_SETUP"] == "reached", log  # no setup line swallowed the next
-        assert seen["HPCNB_PYTHON"] == python and seen["HPCNB_CLUSTER"] == cfg.name
-        if request.notebook_dir is not None:
-            assert seen["HPCNB_NOTEBOOK_DIR"] == request.notebook_dir
-    else:
-        assert seen is None, log
+        assert seen["HPCNB_PYTHON"] == stub and seen["HPCNB_CLUSTER"] == cfg.name
+        assert seen.get("HPCNB_NOTEBOOK_DIR") == request.notebook_dir
+    else:  # an arbitrary python that names no program: the job says so and stops
+        assert seen is None and code == 127, log
+        assert "not found on this node" in log, log
     shutil.rmtree(work)

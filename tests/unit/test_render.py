@@ -130,7 +130,7 @@ def test_setup_lines_are_code_in_their_own_eval_one_line_each() -> None:
         render_script(bad, build_request(cfg), "local")
 
 
-@pytest.mark.parametrize("line", ["echo 'unbalanced", "cat <<EOF", "echo trailing \\", "{", "fi"])
+@pytest.mark.parametrize("line", ["echo 'unbalanced", "cat <<EOF", "echo '\\'", "{", "fi", "$(}"])
 def test_a_broken_setup_line_cannot_break_the_script(line: str) -> None:
     cfg = dataclasses.replace(load_cluster("local"), setup=(line, "export A=1"))
     bash_n(render_script(cfg, build_request(cfg), "local"))
@@ -177,4 +177,11 @@ def test_strict_undefined(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
+        render_script(cfg, build_request(cfg), "local")
+
+
+def test_a_setup_line_ending_in_a_backslash_is_refused() -> None:
+    # bash's `eval 'x \'` would read the script's NEXT line to finish the continuation
+    cfg = dataclasses.replace(load_cluster("local"), setup=("echo trailing \\",))
+    with pytest.raises(ConfigError, match="ends in a backslash"):
         render_script(cfg, build_request(cfg), "local")
