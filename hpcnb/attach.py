@@ -56,11 +56,14 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
             raise HpcnbError(f"job {handshake.job_id}: neither the scheduler nor the job named its node")
         aliases = tuple(n for n in (handshake.node,) if n and n != target)
 
+        def hop(login):
+            return login.jump(target, 22, host_key_names=aliases,
+                              accept_new_host_key=ctx.accept_new_host_key)
+
         def connect():
-            login = ctx.connect()
+            login = ctx.connect()  # after a drop: a new login connection, then the hop again
             try:
-                return login.jump(target, 22, host_key_names=aliases,
-                                  accept_new_host_key=ctx.accept_new_host_key)
+                return hop(login)
             except BaseException:
                 login.close()
                 raise
@@ -74,7 +77,8 @@ def upstream_for(ctx: Context, handshake: Handshake, node: str | None):
 
     # The first connection is made here, not on the first browser request: an unknown node host
     # key or a refused login is then this command's error (exit 5 / 4), not a retried tunnel hop.
-    first = ctx.remote if mode == "direct" else connect()
+    # It rides on the command's own login connection: one SSH handshake per host per command.
+    first = ctx.remote if mode == "direct" else hop(ctx.remote)
     return ReconnectingUpstream(connect, open_, notify=ctx.notify, connection=first)
 
 

@@ -163,8 +163,7 @@ def _phase(status: JobStatus | None) -> str:
 
 def refresh(ctx: Context, store: Store, *, include_ended: bool) -> list[SessionRecord]:
     """The cluster's sessions, with one scheduler query for all those still active."""
-    records = store.list(ctx.cfg.name, include_ended=True)
-    active = [r.job_id for r in records if r.ended_at is None]
+    active = store.active_job_ids(ctx.cfg.name)
     if active:
         statuses = ctx.statuses(active)
         for job_id in active:
@@ -175,10 +174,7 @@ def refresh(ctx: Context, store: Store, *, include_ended: bool) -> list[SessionR
                 # Neither the queue nor the history knows it: it ended long ago.
                 store.update_status(ctx.cfg.name, job_id, state="ended", time_left_s=None,
                                     ended_at=time.time())
-        records = store.list(ctx.cfg.name, include_ended=True)
-    if not include_ended:
-        records = [r for r in records if r.ended_at is None]
-    return records
+    return store.list(ctx.cfg.name, include_ended=include_ended)
 
 
 def check_cluster(ctx: Context, store: Store, job_id: str) -> None:
