@@ -21,7 +21,7 @@ from pathlib import Path
 
 import paramiko
 
-from hpcnb.errors import SSHError
+from hpcnb.errors import AuthenticationFailed, SSHError
 from hpcnb.hostkeys import fingerprint, key_label
 
 # What OpenSSH tries when no IdentityFile is configured (ssh(1) -i).
@@ -162,7 +162,7 @@ class _Authenticator:
             raise self._failed(f"the server does not accept {KBD} (it allows "
                                f"{', '.join(exc.allowed_types)})") from exc
         except paramiko.AuthenticationException as exc:
-            raise SSHError(
+            raise AuthenticationFailed(
                 f"authentication failed for {self.user}@{self.host}: the answer to its "
                 f"{KBD} prompt was refused" + (f" ({exc})" if str(exc) else ""),
                 hint="check the code (a TOTP code is valid for its time step only, once) and try again",
@@ -185,7 +185,7 @@ class _Authenticator:
             return None
 
     def _failed(self, why: str) -> SSHError:
-        return SSHError(f"authentication failed for {self.user}@{self.host}: {why}")
+        return AuthenticationFailed(f"authentication failed for {self.user}@{self.host}: {why}")
 
     def _candidates(self):
         """(source, key) in OpenSSH's order; passphrase-protected files last, loaded on demand."""
@@ -228,7 +228,7 @@ class _Authenticator:
                 raise self._failed(f"the key was accepted but the server also wants {', '.join(left)}")
         if self.transport.is_authenticated():
             return
-        raise SSHError(
+        raise AuthenticationFailed(
             f"authentication failed for {self.user}@{self.host}: "
             + ("tried " + "; ".join(self.tried) if self.tried else "no identity file and no ssh-agent keys"),
             hint=f"add your public key to ~{self.user}/.ssh/authorized_keys on {self.host}, "

@@ -41,6 +41,13 @@ class SSHError(HpcnbError):
     exit_code = 4
 
 
+class AuthenticationFailed(SSHError):
+    """The host answered but refused our login (key, passphrase or one-time code).
+
+    Never retried by itself: under MFA every retry would be another prompt.
+    """
+
+
 class HostKeyError(SSHError):
     """A host presented an unknown or changed key. Never silently accepted."""
 

@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 import paramiko
 
-from hpcnb.errors import HostKeyError, HpcnbError, SSHError, TunnelError
+from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, SSHError, TunnelError
 
 SOCKET_READ = 256 * 1024  # per socket.recv(): CPython allocates this much for every call
 # paramiko's Channel.recv(n) returns what is buffered, up to n; a partial read deletes from the
@@ -297,8 +297,8 @@ class ReconnectingUpstream(Generic[C]):
             attempt += 1
             try:
                 conn = self.connect()
-            except HostKeyError:
-                raise
+            except (HostKeyError, AuthenticationFailed):
+                raise  # a retry would not change the answer, and under MFA it would prompt again
             except UPSTREAM_ERRORS as exc:
                 elapsed = max(time.monotonic() - started, waited)
                 if elapsed + delay > self.max_total:

@@ -39,7 +39,7 @@ def test_commands(tmp_path):
 def test_cluster_names_from_sites_and_user_config(tmp_path):
     names = complete("hpcnb submit --cluster ", tmp_path)
     assert {"testbed", "testbed-pbs", "perlmutter", "gadi", "local"} <= set(names)
-    assert complete("hpcnb list -c testbed-p", tmp_path) == ["testbed-pbs", "testbed-pbs-node-ssh"]
+    assert complete("hpcnb list -c testbed-pbs", tmp_path) == ["testbed-pbs", "testbed-pbs-node-ssh"]
 
 
 def test_a_broken_config_still_completes_site_names(tmp_path):

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hpcnb.errors import HostKeyError, SSHError, TunnelError
+from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError, TunnelError
 from hpcnb.tunnel import ReconnectingUpstream, Tunnel
 
 
@@ -207,12 +207,14 @@ def test_reconnect_gives_up_after_max_total() -> None:
     assert sum(sleeps) <= 10 and sleeps == [0.5, 1, 2, 4]
 
 
-def test_host_key_error_is_not_retried() -> None:
+@pytest.mark.parametrize("error", [HostKeyError("HOST KEY CHANGED for login1"),
+                                   AuthenticationFailed("the answer to its prompt was refused")])
+def test_host_key_and_login_refusals_are_not_retried(error: SSHError) -> None:
     def connect() -> FakeConn:
-        raise HostKeyError("HOST KEY CHANGED for login1")
+        raise error
 
     sleeps: list[float] = []
-    with pytest.raises(HostKeyError):
+    with pytest.raises(type(error)):
         ReconnectingUpstream(connect, lambda c: c, sleep=sleeps.append)()
     assert sleeps == []
 
