@@ -89,28 +89,12 @@ def starter_config(cluster: str, site: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _private_parent(directory: Path) -> None:
-    """Create missing folders with mode 0700; existing ones are left as they are."""
-    missing = []
-    for d in (directory, *directory.parents):
-        if d.exists():
-            break
-        missing.append(d)
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        if os.name == "posix":
-            d.chmod(0o700)  # mkdir's mode is masked by the umask
-
-
 def write_config(text: str, target: Path, force: bool) -> None:
     """Write text to target with mode 0600: refuses to replace an existing file unless force."""
     if target.exists() and not force:
         raise UsageError(f"{target} already exists; not overwriting it",
                          hint="add --force to replace it (the old file is kept as .bak)")
-    _private_parent(target.parent)
+    paths.make_private_dirs(target.parent)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o600)

@@ -55,3 +55,19 @@ def state_dir() -> Path:
         return Path(os.environ["LOCALAPPDATA"]) / "hpcnb"
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base).expanduser() / "hpcnb"
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents with mode 0700; existing ones are left alone."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # another hpcnb process made it first
+        if os.name == "posix":
+            d.chmod(0o700)  # mkdir's mode is masked by the umask

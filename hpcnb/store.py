@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from hpcnb import paths
 from hpcnb.errors import HpcnbError
 
 BUSY_TIMEOUT_S = 10.0
@@ -64,27 +65,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """Create missing parents with mode 0700; leave existing directories as they are."""
-    missing = []
-    for d in (directory, *directory.parents):
-        if d.exists():
-            break
-        missing.append(d)
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # another hpcnb process made it first
-        d.chmod(0o700)  # mkdir's mode is masked by the umask
-
-
 class Store:
     """Sessions keyed by (cluster, job_id). Use as a context manager or call close()."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        _make_private_dirs(self.path.parent)
+        paths.make_private_dirs(self.path.parent)
         try:
             self.path.touch(mode=0o600, exist_ok=False)
             self.path.chmod(0o600)  # sqlite gives the -wal and -shm files this file's mode
