@@ -64,7 +64,7 @@ class ClusterConfig:
     source: str
     login_host: str | None = None
     user: str | None = None
-    port: int = 22
+    port: int | None = None  # None: ~/.ssh/config's Port, else 22
     identity_file: str | None = None
     known_hosts: str | None = None
     tunnel: str = "direct"
@@ -225,8 +225,8 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     user = values.get("user")
     if user is not None and not _USER_RE.match(user):
         raise ConfigError(f"{where}: user {user!r} is not a valid user name")
-    port = values.get("port", 22)
-    if not 1 <= port <= 65535:
+    port = values.get("port")
+    if port is not None and not 1 <= port <= 65535:
         raise ConfigError(f"{where}: port {port!r} is not in 1..65535")
     if not 1 <= values.get("start_timeout", 300) <= 86400:
         raise ConfigError(f"{where}: start_timeout must be 1..86400 seconds")

@@ -91,7 +91,7 @@ def check_account(cfg) -> Check:
 
 def check_ssh(ctx) -> Check:
     cfg = ctx.cfg
-    target = f"{cfg.user + '@' if cfg.user else ''}{cfg.login_host}:{cfg.port}"
+    target = f"{cfg.user + '@' if cfg.user else ''}{cfg.login_host}:{cfg.port or 22}"
     try:
         remote = ctx.remote
     except HostKeyError as exc:
@@ -106,10 +106,10 @@ def check_ssh(ctx) -> Check:
                    "(ssh-add), or log in once with `ssh` to see what the site asks for (MFA?)")
         else:
             fix = (f"check login_host/port ({target}); are you on the site's network or VPN? "
-                   f"try: ssh -p {cfg.port} {target.rsplit(':', 1)[0]}")
+                   f"try: ssh -p {cfg.port or 22} {target.rsplit(':', 1)[0]}")
         return failed("ssh", exc.message, exc.hint or fix, EXIT_SSH)
     user = getattr(remote, "user", None) or cfg.user or "?"
-    return passed("ssh", f"{user}@{cfg.login_host}:{cfg.port} (host key known, authenticated)")
+    return passed("ssh", f"{user}@{cfg.login_host}:{cfg.port or 22} (host key known, authenticated)")
 
 
 # ------------------------------------------------------------------ scheduler

@@ -127,7 +127,7 @@ class SSHRemote:
         ~/.ssh/known_hosts) and the system file. Explicit cluster values win over ~/.ssh/config."""
         if not cfg.login_host:
             raise SSHError(f"cluster {getattr(cfg, 'name', '?')} has no login_host configured")
-        port = cfg.port if cfg.port not in (None, 22) else None
+        port = cfg.port  # None: the ssh config's Port, else 22; an explicit value always wins
         defaults = sshconfig.Defaults(user=cfg.user, port=port, identity_file=cfg.identity_file,
                                       known_hosts=cfg.known_hosts, accept_new=accept_new_host_key)
         hops = sshconfig.route(cfg.login_host, defaults)
