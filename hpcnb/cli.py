@@ -293,8 +293,6 @@ def logs(job_id, cluster, follow, accept_new_host_key) -> None:
             pass
 
 
-
-
 from hpcnb.cli_admin import config, doctor, sites  # noqa: E402 - they use the shared group options
 
 cli.add_command(doctor)
@@ -314,7 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
-        exc.show()
+        # click's own refusals (an unknown option, --port abc) get the same one-line form.
+        where = getattr(getattr(exc, "ctx", None), "command_path", None)
+        hint = f" (see `{where} --help`)" if isinstance(exc, click.UsageError) and where else ""
+        UI.error(f"hpcnb: error: {exc.format_message()}{hint}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)

@@ -52,3 +52,12 @@ def test_unknown_cluster_is_a_config_error(tmp_path):
     assert proc.returncode == 3
     assert "nope" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["attach", "1", "--port", "abc"], ["submit", "--bogus"],
+                                  ["nosuchcmd"], ["attach"]])
+def test_clicks_own_refusals_are_one_line_too(tmp_path, args):
+    proc = Hpcnb(tmp_path / "state").run(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcnb: error:"), proc.stderr
