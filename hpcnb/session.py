@@ -128,6 +128,8 @@ def wait_until_ready(ctx: Context, store: Store, job_id: str, *,
         if now >= next_query or ended is not False:
             status = ctx.statuses([job_id]).get(job_id)
             misses = misses + 1 if status is None else 0
+            if status is None and ended is not False:
+                raise job_ended_error(ctx, job_id, None, "stopped its notebook before it was ready")
             if status is None and misses >= 3:
                 raise JobNotFound(f"job {job_id} is not known to the {ctx.scheduler.name} scheduler")
             if status is not None:
