@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import ssh, ssh_argv
+from fixtures import on_node, ssh
 from hpcnb_driver import Attached, Hpcnb
 from testbed import topology
 
@@ -53,23 +53,6 @@ try:
 except PermissionError:
     print("denied")
 """
-
-
-def node_argv(node_addr: str, user: str) -> list[str]:
-    """OpenSSH to a node through login1, host keys checked on both hops (ProxyCommand, not -J:
-    -J does not hand the jump ssh our known_hosts and identity options)."""
-    hop = ssh_argv(topology.LOGIN.addr, user)
-    proxy = shlex.join([*hop[:-1], "-W", "%h:%p", hop[-1]])
-    argv = ssh_argv(node_addr, user)
-    return [*argv[:-1], "-o", f"ProxyCommand={proxy}", argv[-1]]
-
-
-def on_node(
-    node: str, command: str, *, user: str = topology.USERS[0], input: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    addr = next(n.addr for n in topology.NODES if n.name == node)
-    return subprocess.run([*node_argv(addr, user), command], capture_output=True, text=True,
-                          input=input, timeout=timeout)  # fmt: skip
 
 
 def python_on(run: Any, script: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

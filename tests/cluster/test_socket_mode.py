@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures import ssh
+from fixtures import on_node, ssh, ssh_argv
 from hpcnb_driver import Hpcnb
-from test_secrets import node_argv, on_node
 from testbed import topology
 
 pytestmark = pytest.mark.cluster
@@ -81,7 +80,7 @@ def get_through_openssh_forward(user: str, node_addr: str, sock: str) -> tuple[s
     """`ssh -N -L 127.0.0.1:PORT:SOCK user@node` (OpenSSH, via login1); GET /api through it.
     Returns (outcome, ssh's stderr): "200", or the error the local end saw."""
     port = free_port()
-    argv = node_argv(node_addr, user)
+    argv = ssh_argv(node_addr, user, jump=True)
     argv = [*argv[:-1], "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"127.0.0.1:{port}:{sock}", argv[-1]]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,17 @@ def ssh_argv(host: str = topology.LOGIN.addr, user: str = topology.USERS[0],
             "-o", f"UserKnownHostsFile={topology.KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "ConnectTimeout=5", "-i", str(identity_file(user))]
     if jump:
-        argv += ["-J", f"{user}@{topology.LOGIN.addr}"]
+        # ProxyCommand, not -J: -J does not hand the jump ssh our known_hosts and identity options.
+        hop = ssh_argv(topology.LOGIN.addr, user)
+        argv += ["-o", "ProxyCommand=" + shlex.join([*hop[:-1], "-W", "%h:%p", hop[-1]])]
     return [*argv, f"{user}@{host}"]
+
+
+def on_node(node: str, command: str, *, user: str = topology.USERS[0], input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `command` on a compute node (by name) through login1, as the given user."""
+    addr = next(n.addr for n in topology.NODES if n.name == node)
+    return ssh(command, host=addr, user=user, jump=True, input=input, timeout=timeout)
 
 
 def ssh(command: str, *, host: str = topology.LOGIN.addr, user: str = topology.USERS[0],
