@@ -34,12 +34,15 @@ def test_unknown_host_key_is_refused(testbed, tmp_path):
 
 def test_sbatch_runs_on_a_node_as_the_user_and_output_lands_in_shared_home(testbed):
     tag = uuid.uuid4().hex[:8]
-    proc = ssh(f"sbatch --parsable --wait --output=tb-{tag}-%j.out --wrap 'hostname; id -un'",
-               timeout=120)
+    proc = ssh(f"sbatch --parsable --wait --output=tb-{tag}-%j.out "
+               "--wrap 'echo \"tb-result $(hostname) $(id -un)\"'", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.strip()
+    job_id = proc.stdout.strip().splitlines()[-1]
     out = ssh(f"cat tb-{tag}-{job_id}.out; rm -f tb-{tag}-{job_id}.out")
-    node, user = out.stdout.split()
+    # Only our own line: Slurm may add lines of its own to a job's output (slurmstepd notices).
+    results = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("tb-result ")]
+    assert len(results) == 1, f"job output:\n{out.stdout}{out.stderr}"
+    node, user = results[0]
     assert node in {"node01", "node02"}
     assert user == topology.USERS[0]
 
