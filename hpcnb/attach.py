@@ -112,10 +112,12 @@ def check_answers(local_port: int, handshake: Handshake, timeout: float = 20.0) 
 
 
 def hold(ctx: Context, store: Store, job_id: str, handshake: Handshake, *, port: int | None,
-         on_ready: Callable[[Attached], None], stop: threading.Event, node: str | None = None) -> str:
+         on_ready: Callable[[Attached], None], node: str | None = None,
+         stop: threading.Event | None = None) -> str:
     """Build the tunnel, call on_ready with the URL, and serve until `stop` is set or the job ends.
 
-    Returns "detached" (stop was set) or raises JobEnded when the job's notebook ends.
+    Returns "detached" (stop was set) or raises JobEnded when the job's notebook ends. Without
+    `stop`, it serves until interrupted (Ctrl-C / SIGTERM arrive as KeyboardInterrupt).
     """
     from hpcnb.tunnel import Tunnel
 
@@ -127,7 +129,7 @@ def hold(ctx: Context, store: Store, job_id: str, handshake: Handshake, *, port:
         check_answers(local_port, handshake)
         store.set_local_port(ctx.cfg.name, job_id, local_port)
         on_ready(Attached(handshake.url(local_port), local_port))
-        return _watch(ctx, store, job_id, handshake, opener, stop)
+        return _watch(ctx, store, job_id, handshake, opener, stop or threading.Event())
     finally:
         tunnel.stop()
         connection = getattr(opener, "connection", None)

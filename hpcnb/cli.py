@@ -75,8 +75,6 @@ def _open_browser(url: str) -> None:
 
 def _hold(ctx, store, job_id: str, handshake, port: int | None, no_browser: bool,
           node: str | None, progress: Progress) -> None:
-    import threading
-
     from hpcnb.attach import hold
 
     def ready(attached) -> None:
@@ -88,7 +86,7 @@ def _hold(ctx, store, job_id: str, handshake, port: int | None, no_browser: bool
             _open_browser(attached.url)
 
     try:
-        hold(ctx, store, job_id, handshake, port=port, on_ready=ready, node=node, stop=threading.Event())
+        hold(ctx, store, job_id, handshake, port=port, on_ready=ready, node=node)
     except KeyboardInterrupt:
         _detach_note(ctx.cfg.name, job_id)
 
@@ -221,14 +219,6 @@ def _remember(ctx, store, job_id: str, status) -> None:
             state=status.state.value, node=status.node, time_left_s=status.time_left_s, updated_at=now))
 
 
-def _hms(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    days, rest = divmod(int(seconds), 86400)
-    text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}-{text}" if days else text
-
-
 @cli.command(name="list")
 @cluster_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list instead of a table.")
@@ -254,6 +244,11 @@ def list_(cluster, as_json, include_ended, accept_new_host_key) -> None:
             + ("" if include_ended else " (--all shows ended ones)"))
         return
     from tabulate import tabulate
+
+    from hpcnb.request import slurm_time
+
+    def _hms(seconds: int | None) -> str:
+        return "-" if seconds is None else slurm_time(seconds)
 
     table = [[r["job_id"], r["cluster"], r["name"] or "", r["state"], r["partition"] or "",
               r["node"] or "", _hms(r["time_left"])] for r in rows]

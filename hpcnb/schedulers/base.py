@@ -120,10 +120,6 @@ class Scheduler(ABC):
     def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
         """The command failed only because (all) the asked-for job ids are unknown."""
 
-    def start_estimate_argv(self, job_ids: Sequence[str]) -> list[str] | None:
-        """A query for pending jobs' expected start times (parsed by parse_status); None if none."""
-        return None
-
 
 # ---- small helpers shared by the parsers -------------------------------------------------------
 

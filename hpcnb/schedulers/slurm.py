@@ -136,13 +136,6 @@ class SlurmScheduler(Scheduler):
         # for MinJobAge seconds); with it we see COMPLETED/FAILED/TIMEOUT before sacct must.
         return [*self._squeue(job_ids, user), "--states=all"]
 
-    def start_estimate_argv(self, job_ids: Sequence[str]) -> list[str] | None:
-        # squeue(1) --start: expected start of pending jobs; our --format replaces its default
-        # and %S then carries the estimate. Parsed by parse_status.
-        if not job_ids:
-            return None
-        return [*self._squeue(job_ids, None), "--start"]
-
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:
         jobs: dict[str, JobStatus] = {}
         for line in stdout.splitlines():

@@ -62,7 +62,7 @@ def test_identity_and_argv() -> None:
     assert local.submit_argv()[1:] == ["-m", "hpcnb.localjob", "submit"]
     assert local.status_argv(["1", "2"], "me")[-3:] == ["status", "1", "2"]
     assert local.cancel_argv("3")[-2:] == ["cancel", "3"]
-    assert local.history_argv(["1"]) is None and local.start_estimate_argv(["1"]) is None
+    assert local.history_argv(["1"]) is None
     assert not local.controller_unavailable("anything", 1)
     with pytest.raises(ValueError):
         local.parse_job_id("Traceback ...")

@@ -49,8 +49,6 @@ def test_argv() -> None:
     hist = slurm.history_argv(["7", "8"])
     assert hist is not None and hist[:4] == ["sacct", "--noheader", "--parsable2", "--allocations"]
     assert "--jobs=7,8" in hist and slurm.history_argv([]) is None
-    start = slurm.start_estimate_argv(["9"])
-    assert start is not None and "--start" in start and "--states=all" not in start
 
 
 @pytest.mark.parametrize("bad", ["-1", "1 2", "1,2", "", "--all"])
