@@ -19,31 +19,29 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcnb import paths
 from hpcnb.errors import ConfigError
-from hpcnb.request import SCHED_NAME_RE
+from hpcnb.names import NAME_RE, NAME_RULE
+from hpcnb.schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SCHEDULERS = ("slurm", "pbs", "local")
+SCHEDULERS = tuple(SCHEDULER_CLASSES)  # slurm, pbs, local
 TUNNELS = ("direct", "node-ssh", "socket")
 JUPYTERS = ("lab", "notebook")
 PBS_RESOURCES = ("select", "flat")
-# Which directive carries --partition / --account / --gpus, per scheduler. The first is the default.
-PARTITION_FLAGS = {"slurm": ("--partition", "--qos"), "pbs": ("-q",)}
-ACCOUNT_FLAGS = {"slurm": ("--account",), "pbs": ("-A", "-P")}
-GPU_FLAGS = {"slurm": ("--gpus", "--gres", "--gpus-per-node"), "pbs": ("ngpus", "naccelerators")}
+# Which directive carries --partition / --account / --gpus: one of the scheduler's own choices.
+FLAG_KEYS = {"partition_flag": "partition_flags", "account_flag": "account_flags", "gpu_flag": "gpu_flags"}
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
-_CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line. Only a plain
 # option is accepted: `--long`, `--long=VALUE`, `-x`, `-x VALUE` (one space), VALUE from a
 # conservative character set (no quotes, no shell metacharacters, no whitespace, one line), so no
@@ -211,7 +209,8 @@ def check_script_values(values: Mapping[str, Any], where: str) -> None:
 def _finish(name: str, values: dict[str, Any], where: str, source: str) -> ClusterConfig:
     """Cross-key validation and defaults that depend on the scheduler."""
     if "scheduler" not in values:
-        raise ConfigError(f'{where}: cluster {name!r} needs scheduler = "slurm" | "pbs" | "local"')
+        raise ConfigError(f"{where}: cluster {name!r} needs scheduler = "
+                          + " | ".join(f'"{s}"' for s in SCHEDULERS))
     sched = values["scheduler"]
     _one_of(sched, SCHEDULERS, "scheduler", where)
     _one_of(values.get("tunnel", "direct"), TUNNELS, "tunnel", where)
@@ -237,19 +236,16 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
         raise ConfigError(f"{where}: max_hours must be > 0, got {max_hours!r}")
     for key in ("partition", "account"):
         v = values.get(key)
-        if v is not None and not SCHED_NAME_RE.match(v):
-            raise ConfigError(f"{where}: {key} {v!r} must be 1-64 letters, digits, . _ -")
+        if v is not None and not NAME_RE.match(v):
+            raise ConfigError(f"{where}: {key} {v!r} must be {NAME_RULE}")
     check_script_values(values, where)
-    for key, table in (
-        ("partition_flag", PARTITION_FLAGS),
-        ("account_flag", ACCOUNT_FLAGS),
-        ("gpu_flag", GPU_FLAGS),
-    ):
-        if sched == "local":
+    for key, attribute in FLAG_KEYS.items():
+        choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)
+        if not choices:  # the local backend has no directives
             values[key] = None
             continue
-        values.setdefault(key, table[sched][0])
-        _one_of(values[key], table[sched], key, where)
+        values.setdefault(key, choices[0])
+        _one_of(values[key], choices, key, where)
     return ClusterConfig(name=name, source=source, **values)
 
 
@@ -268,11 +264,6 @@ def _read_toml(file: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {file}: {e}") from None
 
 
-def _site_files() -> dict[str, Path]:
-    d = paths.site_config_dir()
-    if not d.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(d.glob("*.toml")) if _CLUSTER_NAME_RE.match(p.stem)}
 
 
 @dataclass(frozen=True)
@@ -300,8 +291,8 @@ def _load_user() -> _UserConfig:
         raise ConfigError(f"{file}: 'clusters' must be a table of [clusters.NAME] tables")
     checked: dict[str, dict[str, Any]] = {}
     for name, table in clusters.items():
-        if not _CLUSTER_NAME_RE.match(name):
-            raise ConfigError(f"{file}: cluster name {name!r} must be 1-64 letters, digits, . _ -")
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{file}: cluster name {name!r} must be {NAME_RULE}")
         if not isinstance(table, dict):
             raise ConfigError(f"{file}: clusters.{name} must be a table")
         checked[name] = _check_table(table, file, f"clusters.{name}", allow=("extends",))
@@ -342,7 +333,7 @@ def _build(name: str, user: _UserConfig, sites: dict[str, Path]) -> ClusterConfi
 def load_cluster(name: str | None = None) -> ClusterConfig:
     """The cluster called NAME; None -> $HPCNB_CLUSTER -> the user's default_cluster -> "local"."""
     user = _load_user()
-    sites = _site_files()
+    sites = paths.site_config_files()
     chosen = name or os.environ.get("HPCNB_CLUSTER") or user.default_cluster or "local"
     return _build(chosen, user, sites)
 
@@ -350,7 +341,7 @@ def load_cluster(name: str | None = None) -> ClusterConfig:
 def list_clusters() -> list[ClusterConfig]:
     """Every known cluster (shipped and user-defined, user refinements applied), by name."""
     user = _load_user()
-    sites = _site_files()
+    sites = paths.site_config_files()
     return [_build(n, user, sites) for n in sorted({*sites, *user.clusters})]
 
 
@@ -359,4 +350,3 @@ def default_cluster_name() -> str:
     return os.environ.get("HPCNB_CLUSTER") or _load_user().default_cluster or "local"
 
 
-CLUSTER_FIELDS = tuple(f.name for f in fields(ClusterConfig))

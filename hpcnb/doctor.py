@@ -1,7 +1,7 @@
 """`hpcnb doctor`: is this cluster ready for `hpcnb submit`? One small check per question.
 
 Each check returns a Check(name, ok, detail, fix). The checks run in order over the command's one
-connection (Context); a check whose prerequisite failed (no config, no SSH) is reported as
+connection (a hpcnb.cluster.Cluster); a check whose prerequisite failed (no config, no SSH) is reported as
 skipped. All commands run as argv through the Remote: `sh -c` / `bash -c` with a fixed script, the
 config's setup lines being the only site code (they are the user's own shell code, exactly as the
 job script runs them).
@@ -13,13 +13,10 @@ import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from hpcnb.errors import ConfigError, HostKeyError, HpcnbError, SSHError
+from hpcnb.errors import AuthenticationFailed, ConfigError, HostKeyError, HpcnbError, SSHError, last_line
 
 EXIT_CONFIG, EXIT_SSH, EXIT_HOST_KEY, EXIT_CLUSTER = 3, 4, 5, 6
 
-# Which scheduler commands hpcnb runs on the login host; the optional ones only improve answers.
-COMMANDS = {"slurm": (("sbatch", "squeue", "scancel"), ("sacct", "sinfo")),
-            "pbs": (("qsub", "qstat", "qdel"), ())}
 JUPYTER_TIMEOUT = 180.0  # module loads and conda activation on a busy shared file system
 
 
@@ -100,8 +97,7 @@ def check_ssh(ctx) -> Check:
                       "run again with --accept-new-host-key (a changed key is never accepted)",
                       EXIT_HOST_KEY)
     except SSHError as exc:
-        text = exc.message.lower()
-        if "auth" in text or "permission" in text or "key" in text:
+        if isinstance(exc, AuthenticationFailed):
             fix = ("check `user` and `identity_file` in the config, load the key into your agent "
                    "(ssh-add), or log in once with `ssh` to see what the site asks for (MFA?)")
         else:
@@ -116,12 +112,13 @@ def check_ssh(ctx) -> Check:
 
 
 def check_commands(ctx) -> Check:
-    required, optional = COMMANDS[ctx.cfg.scheduler]
+    required, optional = ctx.scheduler.commands, ctx.scheduler.optional_commands
     names = " ".join(required + optional)
     script = f'for c in {names}; do command -v "$c" >/dev/null 2>&1 || echo "$c"; done'
     result = ctx.remote.run(["sh", "-c", script], timeout=30)
     if result.exit_status != 0:
-        return failed("scheduler commands", f"`sh -c` exited {result.exit_status}: {_last(result.stderr)}",
+        why = f"`sh -c` exited {result.exit_status}: {last_line(result.stderr)}"
+        return failed("scheduler commands", why,
                       "check that your login shell works non-interactively (no prompts in ~/.bashrc)")
     missing = result.stdout.split()
     hard = [c for c in required if c in missing]
@@ -136,42 +133,19 @@ def check_commands(ctx) -> Check:
     return passed("scheduler commands", detail)
 
 
-def _names(stdout: str, scheduler: str) -> tuple[list[str], str | None]:
-    """Partition / queue names and the default, from `sinfo -h -o %P` or `qstat -Q`."""
-    names, default = [], None
-    lines = stdout.splitlines()
-    if scheduler == "pbs":
-        lines = [ln for ln in lines if ln.strip() and not ln.startswith(("Queue", "---", "Server"))]
-        lines = [ln.split()[0] for ln in lines]
-    for raw in lines:
-        name = raw.strip()
-        if not name:
-            continue
-        if name.endswith("*"):
-            name = name[:-1]
-            default = name
-        if name not in names:
-            names.append(name)
-    return names, default
-
-
 def check_partition(ctx) -> Check:
-    cfg = ctx.cfg
-    word = "queue" if cfg.scheduler == "pbs" else "partition"
-    if cfg.partition_flag == "--qos":
-        argv = ["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=Name"]
-        word = "QOS"
-    elif cfg.scheduler == "pbs":
-        argv = ["qstat", "-Q"]
-    else:
-        argv = ["sinfo", "--noheader", "--format=%P"]
+    cfg, sched = ctx.cfg, ctx.scheduler
+    word = "QOS" if cfg.partition_flag == "--qos" else sched.queue_word
+    argv = sched.queues_argv(cfg)
+    if argv is None:
+        return passed(word, f"{sched.name} has none to check")
     result = ctx.remote.run(argv, timeout=30)
     if result.exit_status != 0:
         if cfg.partition is None:
             return passed(word, f"none set (the scheduler's default); `{' '.join(argv)}` failed")
-        return failed(word, f"`{' '.join(argv)}` exited {result.exit_status}: {_last(result.stderr)}",
+        return failed(word, f"`{' '.join(argv)}` exited {result.exit_status}: {last_line(result.stderr)}",
                       f"run `{' '.join(argv)}` on {cfg.login_host} and check {word} {cfg.partition!r}")
-    names, default = _names(result.stdout.replace("|", "\n"), "slurm" if word == "QOS" else cfg.scheduler)
+    names, default = sched.parse_queues(result.stdout)
     shown = ", ".join(n + ("*" if n == default else "") for n in names[:12])
     shown += ", ..." if len(names) > 12 else ""
     if cfg.partition is None:
@@ -224,7 +198,7 @@ def check_jupyter(ctx) -> Check:
         version = out[-1] if out else "?"
         return passed("jupyter", f"jupyter {cfg.jupyter} {version} with {python} after "
                                  f"{len(cfg.setup)} setup line(s), on {where}")
-    why = _last(result.stderr) or f"exit {result.exit_status}"
+    why = last_line(result.stderr) or f"exit {result.exit_status}"
     mine = [ln for ln in result.stderr.splitlines() if ln.startswith("hpcnb-doctor: ")]
     detail = mine[-1][len("hpcnb-doctor: "):] if mine else why
     if result.exit_status == 90:
@@ -242,11 +216,6 @@ def check_jupyter(ctx) -> Check:
 
 
 # ------------------------------------------------------------------ all
-
-
-def _last(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def _first(text: str) -> str:

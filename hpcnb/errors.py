@@ -1,12 +1,24 @@
 """Errors that carry their evidence, and the exit code each maps to.
 
-Library code raises these; only the CLI turns them into one line on stderr and an exit code.
-Nothing below cli.py calls sys.exit.
+Library code raises these; only the CLI (hpcnb/cli/) turns them into one line on stderr and an
+exit code. Nothing outside hpcnb/cli/ calls sys.exit or prints (hpcnb.localjob, a small program
+of its own, prints its answers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of a command's output, stripped: what a one-line error quotes."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def logs_hint(job_id: str, cluster: str) -> str:
+    """Where to look when a job failed: its output, on the right cluster."""
+    return f"hpcnb logs {job_id} --cluster {cluster}"
 
 
 class HpcnbError(Exception):
@@ -69,9 +81,8 @@ class CommandError(HpcnbError):
         hint: str | None = None,
     ) -> None:
         detail = f"{message}: `{' '.join(argv)}` exited {exit_status}"
-        last = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        if last:
-            detail += f": {last[0].strip()}"
+        if last_line(stderr):
+            detail += f": {last_line(stderr)}"
         super().__init__(detail, hint=hint)
         self.argv = list(argv)
         self.exit_status = exit_status

@@ -1,4 +1,4 @@
-"""The job -> hpcnb handshake: where the job's files are and what connection.json holds.
+"""The job -> hpcnb handshake: where the job's files are, what connection.json holds, reading them.
 
 The job (templates/_body.sh.j2 and templates/launcher.py) writes, in the user's home on the
 cluster's shared file system:
@@ -16,11 +16,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from hpcnb.errors import HpcnbError, UsageError
 
+if TYPE_CHECKING:
+    from hpcnb.remote import Remote
+
 SESSIONS_DIR = ".hpcnb/sessions"
+LOG_TAIL_LINES = 15
 
 
 # Slurm ids ("123", "123_4" for arrays), PBS ids ("1234.server", "1234[5].server"), local ids.
@@ -93,7 +98,7 @@ def parse_handshake(data: bytes, job_id: str) -> Handshake:
     except (ValueError, KeyError, TypeError) as exc:
         raise HpcnbError(
             f"job {job_id}: {connection_path(job_id)} is not a valid handshake ({exc})",
-            hint="see `hpcnb logs " + job_id + "`",
+            hint=f"see `hpcnb logs {job_id}`",
         ) from exc
 
 
@@ -111,3 +116,36 @@ def _float(value: object) -> float | None:
         return float(value) if value is not None else None  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+# ---- reading them over a Remote (the login connection, or this machine) -------------------------
+
+
+def read_handshake(remote: Remote, job_id: str) -> Handshake | None:
+    """The notebook's handshake; None until the job has written it."""
+    try:
+        data = remote.read_file(connection_path(job_id))
+    except FileNotFoundError:
+        return None
+    return parse_handshake(data, job_id)
+
+
+def read_ended(remote: Remote, job_id: str) -> int | bool | None:
+    """False while the job's notebook runs; else the exit code it recorded (or None)."""
+    try:
+        return parse_ended(remote.read_file(ended_path(job_id)))
+    except FileNotFoundError:
+        return False
+
+
+def read_log(remote: Remote, job_id: str) -> bytes | None:
+    """Everything the job has printed so far; None before it started."""
+    try:
+        return remote.read_file(log_path(job_id))
+    except FileNotFoundError:
+        return None
+
+
+def log_tail(remote: Remote, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
+    text = (read_log(remote, job_id) or b"").decode(errors="replace")
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])

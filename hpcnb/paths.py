@@ -35,6 +35,17 @@ def site_config_dir() -> Path:
     return _data_dir("site-configs")
 
 
+def site_config_files() -> dict[str, Path]:
+    """The shipped site configs by cluster name (the file stem), sorted; files whose stem is not a
+    valid cluster name (hpcnb.names) are not site configs."""
+    from hpcnb.names import NAME_RE
+
+    folder = site_config_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.toml")) if NAME_RE.match(p.stem)}
+
+
 def user_config_file() -> Path:
     """The user's config file (it need not exist, unless named by $HPCNB_CONFIG)."""
     explicit = os.environ.get("HPCNB_CONFIG")

@@ -1,21 +1,27 @@
 """The I/O boundary for commands and files: CommandResult, the Remote protocol, LocalRemote.
 
-SSHRemote (ssh.py) runs the same argv lists on a login host; LocalRemote runs them here, for
-the built-in `local` scheduler and for tests.
+SSHRemote (hpcnb/ssh/remote.py) runs the same argv lists on a login host; LocalRemote runs them
+here, for the built-in `local` scheduler and for tests. Both log every command they run, its exit
+status and duration to the `hpcnb.remote` logger (shown by `hpcnb -v`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from hpcnb.errors import CommandError
+from hpcnb.errors import CommandError, last_line
+
+_log = logging.getLogger("hpcnb.remote")
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,29 @@ class Remote(Protocol):
         Raises plain FileNotFoundError when it is missing (callers poll for it)."""
         ...
 
-    def home(self) -> str:
-        """The user's home directory on that host."""
-        ...
-
     def close(self) -> None:
         """Release the connection (a no-op for LocalRemote)."""
         ...
+
+
+Run = TypeVar("Run", bound=Callable[..., CommandResult])
+
+
+def logged(run: Run) -> Run:
+    """Wraps a Remote's run(): each command, and how it ended, on the `hpcnb.remote` logger."""
+
+    @functools.wraps(run)
+    def wrapper(self: Any, argv: Sequence[str], *, stdin: str | None = None,
+                timeout: float = 60.0) -> CommandResult:
+        started = time.monotonic()
+        _log.debug("run: %s%s", " ".join(str(a) for a in argv), " (script on stdin)" if stdin else "")
+        result = run(self, argv, stdin=stdin, timeout=timeout)
+        tail = last_line(result.stderr)
+        _log.debug("  -> exit %s in %.2f s%s", result.exit_status, time.monotonic() - started,
+                   f"; stderr: {tail}" if tail else "")
+        return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LocalRemote:
@@ -64,11 +86,12 @@ class LocalRemote:
         # env: the whole environment for commands (tests pass one with a temporary HOME).
         self._env = dict(env) if env is not None else None
 
-    def home(self) -> str:
+    def _home(self) -> str:
         if self._env is not None and self._env.get("HOME"):
             return self._env["HOME"]
         return str(Path.home())
 
+    @logged
     def run(
         self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0
     ) -> CommandResult:
@@ -78,7 +101,7 @@ class LocalRemote:
             # kill only the child and then wait forever on pipes a grandchild still holds.
             proc = subprocess.Popen(
                 args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, cwd=self.home(), env=self._env, start_new_session=True,
+                text=True, cwd=self._home(), env=self._env, start_new_session=True,
             )
         except OSError as exc:   # the program is missing or not executable: say which
             raise CommandError(
@@ -95,7 +118,7 @@ class LocalRemote:
         return CommandResult(args, proc.returncode, out, err)
 
     def read_file(self, path: str) -> bytes:
-        full = Path(path) if Path(path).is_absolute() else Path(self.home()) / path
+        full = Path(path) if Path(path).is_absolute() else Path(self._home()) / path
         return full.read_bytes()   # FileNotFoundError propagates unchanged
 
     def close(self) -> None:

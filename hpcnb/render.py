@@ -2,8 +2,9 @@
 
 Rules the templates follow:
   * values that reach the shell go through ``shq`` (shlex.quote); templates never add quotes;
-  * #SBATCH/#PBS directive values come only from the validated JobRequest and the cluster
-    config's checked flags; render_script re-checks every directive line before returning;
+  * #SBATCH/#PBS directive values come only from the validated JobRequest, in the scheduler's own
+    formats (Scheduler.job_values), and the cluster config's checked flags (Scheduler.flags);
+    render_script re-checks every directive line before returning;
   * setup lines are shell code the user chose (their own config, or a shipped site config they
     picked), like lines in their ~/.bashrc, and run on purpose; but each is rendered as
     ``eval <shq(line)>``: quoted, a line can never change the script's structure (an unbalanced
@@ -21,14 +22,16 @@ from typing import Any
 import jinja2
 
 from hpcnb import paths
-from hpcnb.config import ACCOUNT_FLAGS, GPU_FLAGS, PARTITION_FLAGS, ClusterConfig, check_script_values
+from hpcnb.config import ClusterConfig, check_script_values
 from hpcnb.errors import ConfigError, UsageError
 from hpcnb.request import JobRequest
+from hpcnb.schedulers import SCHEDULERS, Scheduler, get_scheduler
 
-TEMPLATES = {"slurm": "slurm.sh.j2", "pbs": "pbs.sh.j2", "local": "local.sh.j2"}
 LAUNCHER = "launcher.py"
 DELIMITER = "HPCNB_LAUNCHER_EOF"
-_DIRECTIVE_LINE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
+# Every scheduler's directive lines, wherever they appear: a plain option after the prefix.
+_PREFIXES = tuple(sorted({c.directive_prefix for c in SCHEDULERS.values() if c.directive_prefix}))
+_DIRECTIVE_LINE = re.compile(rf"^({'|'.join(map(re.escape, _PREFIXES))}) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 
 
 def shq(value: Any) -> str:
@@ -59,70 +62,41 @@ def environment(cfg: ClusterConfig) -> jinja2.Environment:
     return _environment(tuple(search))
 
 
-def _flags(cfg: ClusterConfig, scheduler: str) -> dict[str, str]:
-    """The directive flags for SCHEDULER, from cfg when they belong to it, else the defaults."""
-    out = {}
-    for key, table, value in (
-        ("partition", PARTITION_FLAGS, cfg.partition_flag),
-        ("account", ACCOUNT_FLAGS, cfg.account_flag),
-        ("gpu", GPU_FLAGS, cfg.gpu_flag),
-    ):
-        choices = table.get(scheduler, ("",))
-        out[key] = value if value in choices else choices[0]
-    return out
-
-
-def _pbs_resources(cfg: ClusterConfig, request: JobRequest, gpu_flag: str) -> str:
-    """`-l` chunk: select=1:ncpus=N:mem=Xgb (PBS Pro) or ncpus=N,mem=Xgb (cfg.pbs_resources=flat)."""
-    parts = []
-    if request.cpus:
-        parts.append(f"ncpus={request.cpus}")
-    if request.mem_mb:
-        parts.append(f"mem={request.pbs_mem}")
-    if request.gpus:
-        parts.append(f"{gpu_flag}={request.gpus}")
-    if not parts:
-        return ""
-    if cfg.pbs_resources == "flat":
-        return ",".join(parts)
-    return ":".join(["select=1", *parts])
-
-
 def _check_cfg(cfg: ClusterConfig) -> None:
     """Config values that reach the script, checked again: a ClusterConfig can be built in code."""
     values = {key: getattr(cfg, key) for key in ("setup", "extra_directives", "python", "notebook_dir")}
     check_script_values(values, f"{cfg.source} [{cfg.name}]")
 
 
-def render_script(cfg: ClusterConfig, request: JobRequest, scheduler_name: str) -> str:
-    """The complete job script for REQUEST on CFG, for scheduler SCHEDULER_NAME."""
-    if scheduler_name not in TEMPLATES:
-        raise ConfigError(
-            f"no job-script template for scheduler {scheduler_name!r} (known: {', '.join(TEMPLATES)})"
-        )
+def render_script(cfg: ClusterConfig, request: JobRequest, scheduler: Scheduler | str) -> str:
+    """The complete job script for REQUEST on CFG, in SCHEDULER's template (an instance or name)."""
+    if isinstance(scheduler, str):
+        try:
+            scheduler = get_scheduler(scheduler)
+        except ValueError as exc:
+            raise ConfigError(f"no job-script template: {exc}") from None
     _check_cfg(cfg)
     env = environment(cfg)
     try:
         launcher, launcher_path, _ = env.loader.get_source(env, LAUNCHER)  # type: ignore[union-attr]
-        template = env.get_template(TEMPLATES[scheduler_name])
+        template = env.get_template(scheduler.template)
     except jinja2.TemplateNotFound as e:
         raise ConfigError(f"template {e.name!r} not found in {environment_dirs(cfg)}") from None
     if not launcher.endswith("\n"):
         launcher += "\n"
     if any(line.strip() == DELIMITER for line in launcher.splitlines()):
         raise ConfigError(f"{launcher_path}: contains the heredoc delimiter line {DELIMITER}")
-    flags = _flags(cfg, scheduler_name)
     script = template.render(
         cfg=cfg,
         request=request,
+        job=scheduler.job_values(cfg, request),
+        flags=scheduler.flags(cfg),
         setup=cfg.setup,
-        flags=flags,
-        resources=_pbs_resources(cfg, request, flags["gpu"]),
         launcher_source=launcher,
         delimiter=DELIMITER,
     )
     for line in script.split("\n"):  # bash and sbatch split lines at \n only
-        if line.startswith(("#SBATCH", "#PBS")) and not _DIRECTIVE_LINE.match(line):
+        if line.startswith(_PREFIXES) and not _DIRECTIVE_LINE.match(line):
             raise UsageError(f"refusing to write directive line {line!r}: unexpected characters")
     return script
 

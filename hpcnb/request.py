@@ -1,6 +1,8 @@
 """JobRequest: the user's values for one job, validated before they reach a template.
 
 Every refusal is a UsageError with one line naming the flag, the value (repr) and what is allowed.
+The values are kept in neutral units (seconds, megabytes); each scheduler writes them in its own
+format (hpcnb.schedulers: Scheduler.job_values).
 Pure stdlib; imports ClusterConfig only for type checking (config.py imports this module).
 """
 
@@ -12,12 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpcnb.errors import UsageError
+from hpcnb.names import NAME_RE, NAME_RULE
 
 if TYPE_CHECKING:
     from hpcnb.config import ClusterConfig
 
-# Slurm partition/account and PBS queue/project names: letters, digits, '.', '_', '-'.
-SCHED_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 MAX_SECONDS = 365 * 86400
 MAX_COUNT = 4096
 MAX_MEM_MB = 1024 * 1024 * 1024  # 1 PiB, far above any node
@@ -44,47 +45,6 @@ class JobRequest:
     mem_mb: int | None = None
     gpus: int | None = None
     notebook_dir: str | None = None
-
-    @property
-    def hours(self) -> float:
-        return self.walltime_seconds / 3600
-
-    @property
-    def walltime_hms(self) -> str:
-        """HH:MM:SS with hours unbounded (PBS walltime, e.g. 48:00:00)."""
-        return hms(self.walltime_seconds)
-
-    @property
-    def slurm_time(self) -> str:
-        """Slurm --time: HH:MM:SS below a day, D-HH:MM:SS from a day on (sbatch(1) --time)."""
-        return slurm_time(self.walltime_seconds)
-
-    @property
-    def slurm_mem(self) -> str | None:
-        """Slurm --mem value: 4G or 500M (sbatch(1): default unit is M; G when exact)."""
-        if self.mem_mb is None:
-            return None
-        return f"{self.mem_mb // 1024}G" if self.mem_mb % 1024 == 0 else f"{self.mem_mb}M"
-
-    @property
-    def pbs_mem(self) -> str | None:
-        """PBS mem value: 4gb or 500mb (pbs_resources(7B) size: integer + kb/mb/gb/tb)."""
-        if self.mem_mb is None:
-            return None
-        return f"{self.mem_mb // 1024}gb" if self.mem_mb % 1024 == 0 else f"{self.mem_mb}mb"
-
-
-def hms(seconds: int) -> str:
-    """Seconds -> HH:MM:SS (hours may exceed 24)."""
-    h, rest = divmod(int(seconds), 3600)
-    m, s = divmod(rest, 60)
-    return f"{h:02d}:{m:02d}:{s:02d}"
-
-
-def slurm_time(seconds: int) -> str:
-    """Seconds -> Slurm time limit: HH:MM:SS, or D-HH:MM:SS from one day on."""
-    d, rest = divmod(int(seconds), 86400)
-    return hms(rest) if d == 0 else f"{d}-{hms(rest)}"
 
 
 def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
@@ -164,8 +124,8 @@ def _count(flag: str, value: Any) -> int:
 
 
 def _sched_name(flag: str, value: Any) -> str:
-    if not isinstance(value, str) or not SCHED_NAME_RE.match(value):
-        raise _refuse(flag, value, "1-64 characters: letters, digits, '.', '_', '-' (first a letter/digit)")
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise _refuse(flag, value, NAME_RULE)
     return value
 
 

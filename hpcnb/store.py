@@ -15,18 +15,16 @@ from pathlib import Path
 
 from hpcnb import paths
 from hpcnb.errors import HpcnbError
+from hpcnb.schedulers.base import JobState
 
 BUSY_TIMEOUT_S = 10.0
 
-# Mirrors JobState.is_final (schedulers/base.py); not imported, to keep this import cheap.
-FINAL_STATES = frozenset(
-    {"completed", "failed", "cancelled", "timeout", "out-of-memory", "node-fail", "preempted"}
-)
+FINAL_STATES = frozenset(state.value for state in JobState if state.is_final)
 
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One submitted notebook job. `state` is a JobState value; `url_path` never holds the token."""
+    """One submitted notebook job. `state` is a JobState value (or "ended": left every record)."""
 
     cluster: str
     job_id: str
@@ -40,7 +38,6 @@ class SessionRecord:
     time_left_s: int | None
     updated_at: float
     local_port: int | None = None
-    url_path: str | None = None
     ended_at: float | None = None
 
 
@@ -48,18 +45,28 @@ _COLUMNS = tuple(f.name for f in fields(SessionRecord))
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
 _KEY = " WHERE cluster = ? AND job_id = ?"
 
+_TABLE = """(
+    cluster TEXT NOT NULL, job_id TEXT NOT NULL, name TEXT, scheduler TEXT NOT NULL,
+    partition TEXT, tunnel TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
+    node TEXT, time_left_s INTEGER, updated_at REAL NOT NULL, local_port INTEGER,{v1}
+    ended_at REAL, PRIMARY KEY (cluster, job_id))"""
+_INDEXES = (
+    # `list` is ORDER BY submitted_at DESC, rowid DESC: walk an index backwards, no sort step.
+    "CREATE INDEX sessions_submitted ON sessions (submitted_at)",
+    "CREATE INDEX sessions_cluster_submitted ON sessions (cluster, submitted_at)",
+    # Live jobs are few; `active_job_ids` and `list(include_ended=False)` read only this.
+    "CREATE INDEX sessions_active ON sessions (cluster, submitted_at) WHERE ended_at IS NULL",
+)
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # 0 -> 1
-        """CREATE TABLE sessions (
-            cluster TEXT NOT NULL, job_id TEXT NOT NULL, name TEXT, scheduler TEXT NOT NULL,
-            partition TEXT, tunnel TEXT NOT NULL, submitted_at REAL NOT NULL, state TEXT NOT NULL,
-            node TEXT, time_left_s INTEGER, updated_at REAL NOT NULL, local_port INTEGER,
-            url_path TEXT, ended_at REAL, PRIMARY KEY (cluster, job_id))""",
-        # `list` is ORDER BY submitted_at DESC, rowid DESC: walk an index backwards, no sort step.
-        "CREATE INDEX sessions_submitted ON sessions (submitted_at)",
-        "CREATE INDEX sessions_cluster_submitted ON sessions (cluster, submitted_at)",
-        # Live jobs are few; `active_job_ids` and `list(include_ended=False)` read only this.
-        "CREATE INDEX sessions_active ON sessions (cluster, submitted_at) WHERE ended_at IS NULL",
+    # 0 -> 1: version 1 had a url_path column, never written.
+    ("CREATE TABLE sessions " + _TABLE.format(v1=" url_path TEXT,"), *_INDEXES),
+    # 1 -> 2: without it. A new table, not DROP COLUMN (SQLite >= 3.35 only; Debian 11 has 3.34).
+    (
+        "CREATE TABLE sessions_v2 " + _TABLE.format(v1=""),
+        f"INSERT INTO sessions_v2 ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM sessions",
+        "DROP TABLE sessions",
+        "ALTER TABLE sessions_v2 RENAME TO sessions",
+        *_INDEXES,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -184,29 +191,17 @@ class Store:
         params = (state, node, time_left_s, live, ended_at, now, cluster, job_id)
         return self._write(sql, params) > 0
 
-    def set_local_port(
-        self, cluster: str, job_id: str, local_port: int | None, url_path: str | None = None
-    ) -> bool:
-        """Remember where the tunnel listens (url_path without the token); False if no session."""
-        if url_path is not None and "token=" in url_path.lower():
-            raise ValueError("url_path must not carry the Jupyter token")
-        sql = "UPDATE sessions SET local_port = ?, url_path = ?, updated_at = ?" + _KEY
-        return self._write(sql, (local_port, url_path, time.time(), cluster, job_id)) > 0
+    def set_local_port(self, cluster: str, job_id: str, local_port: int | None) -> bool:
+        """Remember where the tunnel listens; False if no such session."""
+        sql = "UPDATE sessions SET local_port = ?, updated_at = ?" + _KEY
+        return self._write(sql, (local_port, time.time(), cluster, job_id)) > 0
 
     def list(
         self, cluster: str | None = None, *, include_ended: bool = True, limit: int | None = None
     ) -> list[SessionRecord]:
         """Sessions, newest submission first."""
-        where, params = [], []
-        if cluster is not None:
-            where.append("cluster = ?")
-            params.append(cluster)
-        if not include_ended:
-            where.append("ended_at IS NULL")
-        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
-        sql += " ORDER BY submitted_at DESC, rowid DESC LIMIT ?"
-        params.append(-1 if limit is None else limit)
-        return [SessionRecord(*row) for row in self._read(sql, tuple(params))]
+        sql, params = _listing(_SELECT, cluster, include_ended, limit)
+        return [SessionRecord(*row) for row in self._read(sql, params)]
 
     def active_job_ids(self, cluster: str) -> list[str]:
         """Job ids not known to have ended, oldest first: the ones to ask the scheduler about."""
@@ -217,10 +212,6 @@ class Store:
         )
         return [r[0] for r in rows]
 
-    def forget(self, cluster: str, job_id: str) -> bool:
-        """Drop a session from the record (not from the scheduler); False if there was none."""
-        return self._write("DELETE FROM sessions" + _KEY, (cluster, job_id)) > 0
-
     def close(self) -> None:
         self._db.close()
 
@@ -229,3 +220,33 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _listing(select: str, cluster: str | None, include_ended: bool, limit: int | None
+             ) -> tuple[str, tuple[object, ...]]:
+    """The one query behind every listing of sessions: newest submission first."""
+    where, params = [], []
+    if cluster is not None:
+        where.append("cluster = ?")
+        params.append(cluster)
+    if not include_ended:
+        where.append("ended_at IS NULL")
+    sql = select + (f" WHERE {' AND '.join(where)}" if where else "")
+    sql += " ORDER BY submitted_at DESC, rowid DESC LIMIT ?"
+    params.append(-1 if limit is None else limit)
+    return sql, tuple(params)
+
+
+def recent_sessions(path: Path, cluster: str | None, *, active_only: bool, limit: int = 200
+                    ) -> list[tuple[str, str, str | None, str]]:
+    """(job_id, cluster, name, state), newest first, read-only: never creates, migrates or locks the
+    store (shell completion reads this on every <TAB>). [] when there is no store yet."""
+    if not path.is_file():
+        return []
+    sql, params = _listing("SELECT job_id, cluster, name, state FROM sessions", cluster,
+                           not active_only, limit)
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1.0)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -17,27 +17,23 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
-import paramiko
-
-from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, SSHError, TunnelError
+from hpcnb.errors import HpcnbError, TunnelError
+from hpcnb.net import CHANNEL_READ
 
 SOCKET_READ = 256 * 1024  # per socket.recv(): CPython allocates this much for every call
-# paramiko's Channel.recv(n) returns what is buffered, up to n; a partial read deletes from the
-# front of its buffer (BufferedPipe: `del array[:n]`, O(buffered)), which with a 16 MiB window
-# made downloads 2-4x slower. Asking for more than the window always takes the whole buffer.
-CHANNEL_READ = 64 * 1024 * 1024
 # After a channel read of at least a full SSH packet (a download is streaming), pause this long
 # before the next read so several packets are handed over per wake-up instead of one: fewer GIL
 # hand-offs between paramiko's transport thread and the pump. Small reads (API calls, kernel
 # messages) never pause. bench/run.py on the testbed (direct mode, 256 MiB, 2 CPUs, 3 interleaved
-# rounds, medians): 152 -> 204 MB/s; with 128 KiB SSH packets (ssh.py) 304 -> 331 MB/s.
+# rounds, medians): 152 -> 204 MB/s; with 128 KiB SSH packets (hpcnb/ssh/transport.py) 304 -> 331.
 STREAM_PAUSE_S = 0.001
 STREAM_READ = 32 * 1024
 LOOPBACK = ("127.0.0.1", "localhost")
-# What opening or using an upstream may raise: a dead or refused connection, never a bug.
-UPSTREAM_ERRORS = (HpcnbError, OSError, EOFError, paramiko.SSHException)
+# What opening or using a plain-socket upstream may raise: a dead or refused connection, never a
+# bug. An SSH upstream adds its library's own (Tunnel's `errors`, from hpcnb.ssh).
+UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (HpcnbError, OSError, EOFError)
 
 Notify = Callable[[str], None]
 
@@ -78,7 +74,7 @@ class _Pipe:
                 if from_channel and len(data) >= STREAM_READ:
                     time.sleep(STREAM_PAUSE_S)
             dst.shutdown(socket.SHUT_WR)  # half-close: pass the EOF on, keep the other way open
-        except UPSTREAM_ERRORS:
+        except self.tunnel.errors:
             self.close()  # a reset on either side ends both directions
             return
         with self._lock:
@@ -89,15 +85,19 @@ class _Pipe:
 
     def close(self) -> None:
         for end in (self.client, self.upstream):
-            with contextlib.suppress(*UPSTREAM_ERRORS):
+            with contextlib.suppress(*self.tunnel.errors):
                 end.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the other thread
-            with contextlib.suppress(*UPSTREAM_ERRORS):
+            with contextlib.suppress(*self.tunnel.errors):
                 end.close()
         self.tunnel._forget(self)
 
 
 class Tunnel:
-    """Listen on 127.0.0.1:port (0 = a free port) and pipe each connection to `open_upstream()`."""
+    """Listen on 127.0.0.1:port (0 = a free port) and pipe each connection to `open_upstream()`.
+
+    An opener may say which exceptions mean "this upstream failed" in an `errors` attribute
+    (hpcnb.ssh's do: paramiko's own); the default is UPSTREAM_ERRORS.
+    """
 
     def __init__(
         self,
@@ -115,6 +115,7 @@ class Tunnel:
         if not 0 <= port <= 65535:
             raise TunnelError(f"local port {port} is not a valid port number")
         self.open_upstream = open_upstream
+        self.errors: tuple[type[BaseException], ...] = getattr(open_upstream, "errors", UPSTREAM_ERRORS)
         self.host = "127.0.0.1"
         self.port = port
         self.notify = notify or _ignore
@@ -186,7 +187,7 @@ class Tunnel:
     def _handle(self, client: socket.socket) -> None:
         try:
             upstream = self.open_upstream()
-        except UPSTREAM_ERRORS as exc:
+        except self.errors as exc:
             self.notify(f"cannot open the tunnel's far end: {exc}")
             client.close()
             return
@@ -229,87 +230,3 @@ class Tunnel:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class Connection(Protocol):
-    """What ReconnectingUpstream needs of a connection (SSHRemote fits)."""
-
-    def is_alive(self) -> bool: ...
-    def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=Connection)
-
-
-class ReconnectingUpstream(Generic[C]):
-    """An `open_upstream` for Tunnel that re-makes a dead connection with backoff.
-
-    `connect()` makes a connection (e.g. SSHRemote.connect + jump), `open(conn)` opens one
-    channel on it. When the connection is dead, it is re-made with a delay of 0.5 s doubling to
-    8 s, for at most `max_total` seconds, then SSHError (the tunnel keeps listening: the next
-    browser connection tries again). Host key errors are never retried.
-    """
-
-    def __init__(
-        self,
-        connect: Callable[[], C],
-        open: Callable[[C], Upstream],
-        *,
-        notify: Notify | None = None,
-        connection: C | None = None,
-        initial_delay: float = 0.5,
-        max_delay: float = 8.0,
-        max_total: float = 120.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.connect, self.open = connect, open
-        self.notify = notify or _ignore
-        self.connection = connection
-        self.initial_delay, self.max_delay, self.max_total = initial_delay, max_delay, max_total
-        self.sleep = sleep
-        self._lock = threading.Lock()  # one reconnect at a time; other openers wait for it
-
-    def __call__(self) -> Upstream:
-        conn = self._alive_connection()
-        try:
-            return self.open(conn)
-        except UPSTREAM_ERRORS:
-            if conn.is_alive():
-                raise  # the far end refused; the connection itself is fine
-        return self.open(self._alive_connection())
-
-    def _alive_connection(self) -> C:
-        with self._lock:
-            conn = self.connection
-            if conn is not None and conn.is_alive():
-                return conn
-            if conn is not None:
-                self.notify("connection lost, reconnecting")
-                with contextlib.suppress(*UPSTREAM_ERRORS):
-                    conn.close()
-            self.connection = None
-            self.connection = self._reconnect(first=conn is None)
-            return self.connection
-
-    def _reconnect(self, *, first: bool) -> C:
-        delay, started, attempt, waited = self.initial_delay, time.monotonic(), 0, 0.0
-        while True:
-            attempt += 1
-            try:
-                conn = self.connect()
-            except (HostKeyError, AuthenticationFailed):
-                raise  # a retry would not change the answer, and under MFA it would prompt again
-            except UPSTREAM_ERRORS as exc:
-                elapsed = max(time.monotonic() - started, waited)
-                if elapsed + delay > self.max_total:
-                    raise SSHError(
-                        f"could not connect in {elapsed:.0f} s ({attempt} attempts): {exc}"
-                    ) from exc
-                self.notify(f"connect attempt {attempt} failed ({exc}); retrying in {delay:g} s")
-                self.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, self.max_delay)
-                continue
-            if not first:
-                self.notify(f"reconnected after {attempt} attempt{'s' if attempt > 1 else ''}")
-            return conn

@@ -1,8 +1,10 @@
 """Scheduler-neutral job states and the interface every scheduler class implements.
 
-Pure: no I/O. A scheduler builds argv lists and parses the text those commands print;
-session.py runs them through a Remote. Shape borrowed from psij-python's executors
-(builders + parsers + a documented state map) and dask-jobqueue (one small class each).
+Pure: no I/O. A scheduler builds argv lists and parses the text those commands print (hpcnb.batch
+runs them through a Remote), names its job-script template and formats the values that go into
+its directives (hpcnb.render). Shape borrowed from psij-python's executors (builders + parsers +
+a documented state map) and dask-jobqueue (one small class each). Adding a scheduler is one
+module here, one template in templates/, and tests against its captured output.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hpcnb.config import ClusterConfig
+    from hpcnb.request import JobRequest
 
 
 class JobState(str, Enum):
@@ -36,11 +43,6 @@ class JobState(str, Enum):
         """The job has ended and will not run again (as this job id)."""
         return self in _FINAL
 
-    @property
-    def is_active(self) -> bool:
-        """The job is queued or running: it still holds (or will hold) an allocation."""
-        return self in _ACTIVE
-
     def __str__(self) -> str:
         return self.value
 
@@ -48,9 +50,6 @@ class JobState(str, Enum):
 _FINAL = frozenset({
     JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT,
     JobState.OUT_OF_MEMORY, JobState.NODE_FAIL, JobState.PREEMPTED,
-})
-_ACTIVE = frozenset({
-    JobState.PENDING, JobState.RUNNING, JobState.COMPLETING, JobState.HELD, JobState.SUSPENDED,
 })
 
 
@@ -74,8 +73,40 @@ class Scheduler(ABC):
     """Argv builders and output parsers for one batch system. Stateless; safe to share."""
 
     name: str
-    template: str
-    job_id_var: str
+    template: str  # its job-script template in templates/
+    directive_prefix: str | None = None  # "#SBATCH", "#PBS": the header lines the template writes
+    # The directive that carries --partition / --account / --gpus: the cluster config may pick one
+    # of these (partition_flag, account_flag, gpu_flag); the first is the default.
+    partition_flags: tuple[str, ...] = ()
+    account_flags: tuple[str, ...] = ()
+    gpu_flags: tuple[str, ...] = ()
+    # The commands hpcnb runs on the login host: `hpcnb doctor` checks they are on PATH (the
+    # optional ones only improve answers).
+    commands: tuple[str, ...] = ()
+    optional_commands: tuple[str, ...] = ()
+    queue_word = "partition"  # what the site calls --partition: partition (Slurm), queue (PBS)
+
+    def flags(self, cfg: ClusterConfig) -> dict[str, str]:
+        """The directive flags for cfg: its own where they belong to this scheduler, else ours."""
+        chosen = {"partition": cfg.partition_flag, "account": cfg.account_flag, "gpu": cfg.gpu_flag}
+        out = {}
+        for key, choices in (("partition", self.partition_flags), ("account", self.account_flags),
+                             ("gpu", self.gpu_flags)):
+            value = chosen[key]
+            out[key] = value if value in choices else (choices[0] if choices else "")
+        return out
+
+    def job_values(self, cfg: ClusterConfig, request: JobRequest) -> dict[str, str]:
+        """The request's values in this scheduler's own formats, for its template's directives."""
+        return {}
+
+    def queues_argv(self, cfg: ClusterConfig) -> list[str] | None:
+        """A command listing the partitions (queues, QOS) cfg.partition may name; None: none."""
+        return None
+
+    def parse_queues(self, stdout: str) -> tuple[list[str], str | None]:
+        """(names, the default one) from queues_argv's output."""
+        return [], None
 
     @abstractmethod
     def submit_argv(self) -> list[str]:
@@ -121,7 +152,21 @@ class Scheduler(ABC):
         """The command failed only because (all) the asked-for job ids are unknown."""
 
 
-# ---- small helpers shared by the parsers -------------------------------------------------------
+# ---- small helpers shared by the parsers and formatters ------------------------------------------
+
+
+def hms(seconds: int) -> str:
+    """Seconds -> HH:MM:SS, hours unbounded (48:00:00): PBS walltime, and Slurm's below a day."""
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def size(mb: int, units: tuple[str, str]) -> str:
+    """Megabytes -> a whole number of GB when exact, else MB, with the scheduler's unit words."""
+    gb_unit, mb_unit = units
+    return f"{mb // 1024}{gb_unit}" if mb % 1024 == 0 else f"{mb}{mb_unit}"
+
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
 

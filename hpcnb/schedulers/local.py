@@ -31,7 +31,6 @@ class LocalScheduler(Scheduler):
 
     name = "local"
     template = "local.sh.j2"
-    job_id_var = "${HPCNB_JOB_ID}"
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable

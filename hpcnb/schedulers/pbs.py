@@ -7,9 +7,14 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, parse_duration
+from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, hms, parse_duration, size
 from hpcnb.schedulers.slurm import CONTROLLER_DOWN as SLURM_CONTROLLER_DOWN
+
+if TYPE_CHECKING:
+    from hpcnb.config import ClusterConfig
+    from hpcnb.request import JobRequest
 
 # job_state letters: qstat(1B) and the PBS Professional Reference Guide, "Job States";
 # C is Torque's (also printed by Slurm's torque wrapper for every ended job).
@@ -120,6 +125,28 @@ def _parse_qstat_xml(text: str) -> dict[str, dict[str, str]]:
     return jobs
 
 
+def pbs_mem(mb: int) -> str:
+    """A PBS size: 4gb or 500mb (pbs_resources(7B): an integer and kb, mb, gb or tb)."""
+    return size(mb, ("gb", "mb"))
+
+
+def resources(cfg: ClusterConfig, request: JobRequest, gpu_flag: str) -> str:
+    """The `-l` chunk: select=1:ncpus=N:mem=Xgb (PBS Pro), or ncpus=N,mem=Xgb where the site wants
+    plain resources (cfg.pbs_resources = "flat"); "" when the request names none."""
+    parts = []
+    if request.cpus:
+        parts.append(f"ncpus={request.cpus}")
+    if request.mem_mb:
+        parts.append(f"mem={pbs_mem(request.mem_mb)}")
+    if request.gpus:
+        parts.append(f"{gpu_flag}={request.gpus}")
+    if not parts:
+        return ""
+    if cfg.pbs_resources == "flat":
+        return ",".join(parts)
+    return ":".join(["select=1", *parts])
+
+
 def first_exec_host(exec_host: str | None) -> str | None:
     """'node01/0*2+node02/0' (PBS Pro), 'node01/0-1+node02/0' (Torque) -> 'node01'."""
     if not exec_host or exec_host.strip() in {"", "--"}:
@@ -181,7 +208,25 @@ class PBSScheduler(Scheduler):
 
     name = "pbs"
     template = "pbs.sh.j2"
-    job_id_var = "${PBS_JOBID:-${SLURM_JOB_ID}}"
+    directive_prefix = "#PBS"
+    partition_flags = ("-q",)
+    account_flags = ("-A", "-P")  # -P: NCI Gadi's project
+    gpu_flags = ("ngpus", "naccelerators")
+    commands = ("qsub", "qstat", "qdel")
+    queue_word = "queue"
+
+    def job_values(self, cfg: ClusterConfig, request: JobRequest) -> dict[str, str]:
+        return {"walltime": hms(request.walltime_seconds),
+                "resources": resources(cfg, request, self.flags(cfg)["gpu"])}
+
+    def queues_argv(self, cfg: ClusterConfig) -> list[str] | None:
+        return ["qstat", "-Q"]
+
+    def parse_queues(self, stdout: str) -> tuple[list[str], str | None]:
+        # `qstat -Q`: a header (Queue ... / ---- ...), then one queue per line, its name first.
+        names = [ln.split()[0] for ln in stdout.splitlines()
+                 if ln.strip() and not ln.startswith(("Queue", "---", "Server"))]
+        return list(dict.fromkeys(names)), None
 
     def submit_argv(self) -> list[str]:
         return ["sh", "-c", _SUBMIT_SH]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, parse_duration
+from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, hms, parse_duration, size
+
+if TYPE_CHECKING:
+    from hpcnb.config import ClusterConfig
+    from hpcnb.request import JobRequest
 
 # squeue(1) and sacct(1) "JOB STATE CODES" (long names, as %T / State print them).
 # https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES
@@ -87,6 +92,17 @@ def first_host(hostlist: str) -> str | None:
     return (prefix + suffix) or None
 
 
+def slurm_time(seconds: int) -> str:
+    """sbatch --time: HH:MM:SS below a day, D-HH:MM:SS from a day on (sbatch(1) --time)."""
+    days, rest = divmod(int(seconds), 86400)
+    return hms(rest) if days == 0 else f"{days}-{hms(rest)}"
+
+
+def slurm_mem(mb: int) -> str:
+    """sbatch --mem: 4G or 500M (sbatch(1): the default unit is M; G when it is exact)."""
+    return size(mb, ("G", "M"))
+
+
 def time_left(text: str) -> int | None:
     """squeue %L: 'UNLIMITED', 'NOT_SET', 'INVALID' -> None; 'D-HH:MM:SS' etc. -> seconds."""
     return parse_duration(text)
@@ -103,7 +119,35 @@ class SlurmScheduler(Scheduler):
 
     name = "slurm"
     template = "slurm.sh.j2"
-    job_id_var = "${SLURM_JOB_ID}"
+    directive_prefix = "#SBATCH"
+    partition_flags = ("--partition", "--qos")  # --qos: sites that select by QOS (NERSC)
+    account_flags = ("--account",)
+    gpu_flags = ("--gpus", "--gres", "--gpus-per-node")
+    commands = ("sbatch", "squeue", "scancel")
+    optional_commands = ("sacct", "sinfo")
+
+    def job_values(self, cfg: ClusterConfig, request: JobRequest) -> dict[str, str]:
+        values = {"time": slurm_time(request.walltime_seconds)}
+        if request.mem_mb:
+            values["mem"] = slurm_mem(request.mem_mb)
+        return values
+
+    def queues_argv(self, cfg: ClusterConfig) -> list[str] | None:
+        if cfg.partition_flag == "--qos":
+            return ["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=Name"]
+        return ["sinfo", "--noheader", "--format=%P"]
+
+    def parse_queues(self, stdout: str) -> tuple[list[str], str | None]:
+        # sinfo %P marks the default partition with a trailing '*' (sinfo(1)); sacctmgr has none.
+        names: list[str] = []
+        default = None
+        for raw in stdout.replace("|", "\n").splitlines():
+            name = raw.strip()
+            if name.endswith("*"):
+                name = default = name[:-1]
+            if name and name not in names:
+                names.append(name)
+        return names, default
 
     def submit_argv(self) -> list[str]:
         # sbatch(1): "If no file name is specified, sbatch will read in a script from standard

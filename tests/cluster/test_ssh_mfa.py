@@ -13,9 +13,9 @@ from fixtures import gateway_env, prompts, seed_session
 from hpcnb_driver import Hpcnb
 from testbed import topology, totp
 
-from hpcnb.auth import Prompt
 from hpcnb.errors import SSHError
 from hpcnb.ssh import SSHRemote
+from hpcnb.ssh.auth import Prompt
 
 pytestmark = pytest.mark.cluster
 

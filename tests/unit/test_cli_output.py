@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hpcnb_driver import Hpcnb
 
-from hpcnb import browser, cli_ui
+from hpcnb import browser
+from hpcnb.cli import output as cli_ui
 
 TESTBED_CONFIG = Path(__file__).resolve().parents[1] / "testbed" / "hpcnb.toml"
 
@@ -77,7 +78,7 @@ def test_help_imports_only_click(tmp_path):
 def test_sigterm_guard_survives_a_non_main_thread():
     import threading
 
-    from hpcnb.cli import _sigterm_is_interrupt
+    from hpcnb.cli.sessions import sigterm_is_interrupt as _sigterm_is_interrupt
 
     errors: list[BaseException] = []
 

@@ -1,8 +1,8 @@
-"""The progress renderer (hpcnb.progress): what a sequence of events writes, on a terminal and not."""
+"""The status line (hpcnb.cli.status): what a sequence of events writes, on a terminal and not."""
 
 from __future__ import annotations
 
-from hpcnb.progress import CLEAR_LINE, Event, StatusLine, line, message, render
+from hpcnb.cli.status import CLEAR_LINE, Event, StatusLine, line, message, render
 from hpcnb.schedulers import JobState, JobStatus
 
 

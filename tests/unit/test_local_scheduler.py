@@ -57,8 +57,7 @@ def wait_for(remote: LocalRemote, job_id: str, done: set[JobState], timeout: flo
 
 
 def test_identity_and_argv() -> None:
-    assert (local.name, local.template, local.job_id_var) == (
-        "local", "local.sh.j2", "${HPCNB_JOB_ID}")
+    assert (local.name, local.template) == ("local", "local.sh.j2")
     assert local.submit_argv()[1:] == ["-m", "hpcnb.localjob", "submit"]
     assert local.status_argv(["1", "2"], "me")[-3:] == ["status", "1", "2"]
     assert local.cancel_argv("3")[-2:] == ["cancel", "3"]
@@ -117,11 +116,11 @@ def test_sigterm_ignored_gets_sigkill(remote: LocalRemote) -> None:
     assert st.state is JobState.TIMEOUT
 
 
-def test_job_outlives_the_submitter_and_files_are_private(remote: LocalRemote) -> None:
+def test_job_outlives_the_submitter_and_files_are_private(remote: LocalRemote, tmp_path: Path) -> None:
     job_id = submit(remote, "sleep 1\n")   # the submitting process has already exited
     st = wait_for(remote, job_id, {JobState.COMPLETED, JobState.FAILED})
     assert st.state is JobState.COMPLETED
-    job_dir = Path(remote.home()) / ".hpcnb/local/jobs" / job_id
+    job_dir = tmp_path / "home" / ".hpcnb/local/jobs" / job_id
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
     for f in job_dir.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
@@ -147,7 +146,7 @@ def test_local_remote_basics(remote: LocalRemote, tmp_path: Path) -> None:
     assert (r.exit_status, r.stdout, r.stderr) == (4, "in", "err\n")
     with pytest.raises(FileNotFoundError):
         remote.read_file("nope.txt")
-    (Path(remote.home()) / "f.txt").write_text("x")
+    (tmp_path / "home" / "f.txt").write_text("x")
     assert remote.read_file("f.txt") == b"x"
     with pytest.raises(CommandError) as err:
         remote.run(["sh", "-c", "sleep 30 & sleep 30"], timeout=0.5)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcnb import cli, remote
+from hpcnb.cli import sessions as cli_sessions
 from hpcnb.errors import CommandError, HpcnbError
 from hpcnb.remote import LocalRemote
 from hpcnb.schedulers import get_scheduler
@@ -70,7 +71,7 @@ def test_submit_cluster_local_on_windows_is_one_line(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user config: built-in local
     monkeypatch.delenv("HPCNB_CONFIG", raising=False)
     monkeypatch.delenv("HPCNB_CLUSTER", raising=False)
-    monkeypatch.setattr(cli, "_sigterm_is_interrupt", lambda: None)  # no handler left in pytest
+    monkeypatch.setattr(cli_sessions, "sigterm_is_interrupt", lambda: None)  # no handler left in pytest
 
     def must_not_run(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
         raise AssertionError("nothing may run on Windows")

@@ -20,8 +20,7 @@ def captured(name: str) -> str:
 
 
 def test_identity() -> None:
-    assert (pbs.name, pbs.template, pbs.job_id_var) == (
-        "pbs", "pbs.sh.j2", "${PBS_JOBID:-${SLURM_JOB_ID}}")
+    assert (pbs.name, pbs.template) == ("pbs", "pbs.sh.j2")
 
 
 @pytest.mark.parametrize(("out", "job_id"), [

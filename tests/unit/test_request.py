@@ -9,7 +9,10 @@ import pytest
 
 from hpcnb.config import ClusterConfig
 from hpcnb.errors import UsageError
-from hpcnb.request import JobRequest, build_request, hms, parse_mem, parse_time, slurm_time
+from hpcnb.request import JobRequest, build_request, parse_mem, parse_time
+from hpcnb.schedulers.base import hms
+from hpcnb.schedulers.pbs import pbs_mem
+from hpcnb.schedulers.slurm import slurm_mem, slurm_time
 
 CFG = ClusterConfig(name="t", scheduler="slurm", source="test", login_host="h")
 
@@ -26,7 +29,8 @@ def refused(flag: str, **kwargs: object) -> str:
 def test_defaults() -> None:
     r = build_request(CFG)
     assert r == JobRequest(name="hpcnb", walltime_seconds=3600)
-    assert (r.walltime_hms, r.slurm_time, r.slurm_mem, r.pbs_mem) == ("01:00:00", "01:00:00", None, None)
+    seconds = r.walltime_seconds
+    assert (hms(seconds), slurm_time(seconds), r.mem_mb) == ("01:00:00", "01:00:00", None)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +175,7 @@ def test_counts_ok() -> None:
 )
 def test_mem_normalised(text: str, mb: int, slurm: str, pbs: str) -> None:
     r = build_request(CFG, mem=text)
-    assert (r.mem_mb, r.slurm_mem, r.pbs_mem) == (mb, slurm, pbs)
+    assert (r.mem_mb, slurm_mem(r.mem_mb), pbs_mem(r.mem_mb)) == (mb, slurm, pbs)
     assert parse_mem(text) == mb
 
 

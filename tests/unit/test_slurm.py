@@ -20,8 +20,7 @@ def captured(name: str) -> str:
 
 
 def test_identity() -> None:
-    assert (slurm.name, slurm.template, slurm.job_id_var) == (
-        "slurm", "slurm.sh.j2", "${SLURM_JOB_ID}")
+    assert (slurm.name, slurm.template) == ("slurm", "slurm.sh.j2")
 
 
 @pytest.mark.parametrize(("out", "job_id"), [

@@ -41,7 +41,7 @@ def store(tmp_path: Path):
 
 
 def test_round_trip(store: Store) -> None:
-    r = rec("42", node="n1", time_left_s=3600, local_port=8899, url_path="/lab")
+    r = rec("42", node="n1", time_left_s=3600, local_port=8899)
     store.add(r)
     assert store.get("testbed", "42") == r
     assert store.get("testbed", "43") is None
@@ -84,13 +84,10 @@ def test_explicit_end_time_and_unknown_keeps_it(store: Store) -> None:
     assert store.get("testbed", "8").ended_at == 1234.5
 
 
-def test_set_local_port_never_takes_a_token(store: Store) -> None:
+def test_set_local_port(store: Store) -> None:
     store.add(rec("9"))
-    assert store.set_local_port("testbed", "9", 8890, "/lab/tree/tokenizer.ipynb")
-    got = store.get("testbed", "9")
-    assert (got.local_port, got.url_path) == (8890, "/lab/tree/tokenizer.ipynb")
-    with pytest.raises(ValueError):
-        store.set_local_port("testbed", "9", 8890, "/lab?token=abc")
+    assert store.set_local_port("testbed", "9", 8890)
+    assert store.get("testbed", "9").local_port == 8890
     assert not store.set_local_port("testbed", "missing", 1)
 
 
@@ -115,9 +112,6 @@ def test_include_ended_and_active_ids(store: Store) -> None:
     assert [r.job_id for r in store.list(include_ended=False)] == ["4", "2"]
     assert [r.job_id for r in store.list("testbed")] == ["3", "2", "1"]
     assert store.active_job_ids("testbed") == ["2"]
-    assert store.forget("testbed", "2")
-    assert not store.forget("testbed", "2")
-    assert store.active_job_ids("testbed") == []
 
 
 def test_file_modes(tmp_path: Path) -> None:
@@ -193,7 +187,7 @@ def test_list_10000_rows_newest_first(tmp_path: Path) -> None:
     with Store(tmp_path / "sessions.db") as s:
         s._db.execute("BEGIN")  # one bulk transaction, for the setup only
         s._db.executemany(
-            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [tuple(vars(rec(str(i), submitted_at=float(i))).values()) for i in range(10_000)],
         )
         s._db.execute("COMMIT")

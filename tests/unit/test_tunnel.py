@@ -1,4 +1,5 @@
-"""Tunnel and ReconnectingUpstream with plain loopback sockets as upstreams (no SSH)."""
+"""Tunnel and ReconnectingUpstream (hpcnb.ssh.reconnect) with plain loopback sockets as upstreams
+(no SSH)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError, TunnelError
-from hpcnb.tunnel import ReconnectingUpstream, Tunnel
+from hpcnb.ssh.reconnect import ReconnectingUpstream
+from hpcnb.tunnel import Tunnel
 
 
 class _Echo(socketserver.BaseRequestHandler):

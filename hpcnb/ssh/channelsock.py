@@ -6,7 +6,7 @@ from the front of the channel's buffer (BufferedPipe: `del array[:n]`), which co
 what is buffered: up to the 16 MiB window, twice or more per SSH packet. ChannelSocket takes
 everything buffered in one Channel.recv and serves the small reads from its own bytes with an
 offset (no front-deletes). Testbed, 256 MiB through `hpcnb attach`, 2 CPUs, interleaved rounds,
-medians (with 128 KiB packets, hpcnb.sshlink): node-ssh 58 -> 280 MB/s, socket 40 -> 308 MB/s
+medians (with 128 KiB packets, hpcnb.ssh.transport): node-ssh 58 -> 280 MB/s, socket 40 -> 308 MB/s
 (OpenSSH `ssh -J -L` 252 and 256).
 """
 
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import paramiko
 
-# Channel.recv(n) returns what is buffered, up to n, without allocating n: asking for more than
-# any window always takes the whole buffer (as hpcnb.tunnel does).
-CHANNEL_READ = 64 * 1024 * 1024
+from hpcnb.net import CHANNEL_READ
 
 
 class ChannelSocket:

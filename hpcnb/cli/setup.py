@@ -1,35 +1,36 @@
 """`hpcnb doctor`, `hpcnb sites` and `hpcnb config ...`: the commands about setting hpcnb up.
 
-Added to the `hpcnb` group by cli.py; the logic lives in doctor.py and cli_sites.py.
+The logic lives in hpcnb.doctor and hpcnb.sites; these parse flags and print.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import Any
 
 import click
 
-from hpcnb.cli_ui import UI, accept_key_option, cluster_option, complete_sites, make_context, say
+from hpcnb.cli.options import accept_key_option, cluster_option, complete_sites, json_option
+from hpcnb.cli.output import UI, marks, print_json, print_table, say
 
 
 @click.command()
 @cluster_option
-@click.option("--json", "as_json", is_flag=True, help="The checks as JSON instead of a checklist.")
+@json_option
 @accept_key_option
 @click.pass_context
-def doctor(click_ctx, cluster, as_json, accept_new_host_key) -> None:
+def doctor(click_ctx: click.Context, cluster: str | None, as_json: bool, accept_new_host_key: bool) -> None:
     """Check that a cluster is ready: config, SSH, scheduler, partition, Jupyter.
 
     Exits 0 when every check passes, else with the code of the first failure (3 config, 4 SSH,
     5 host key, 6 on the cluster).
     """
     from hpcnb import doctor as doc
-    from hpcnb.cli_ui import marks
+    from hpcnb.cluster import Cluster
 
     ok_mark, fail_mark = marks(sys.stdout)
 
-    def show(check) -> None:
+    def show(check: Any) -> None:
         if as_json or (UI.quiet and check.ok):
             return
         mark = "-   " if check.skipped else (ok_mark if check.ok else fail_mark)
@@ -37,11 +38,14 @@ def doctor(click_ctx, cluster, as_json, accept_new_host_key) -> None:
         if check.fix and not check.ok:
             click.echo(f"{'':<4} {'':<18} fix: {check.fix}")
 
-    checks = doc.run(cluster, lambda cfg: make_context(cfg, accept_new_host_key), on_check=show)
+    def connect(cfg: Any) -> Cluster:
+        return Cluster(config=cfg, accept_new_host_key=accept_new_host_key, notify=say)
+
+    checks = doc.run(cluster, connect, on_check=show)
     code = doc.exit_code(checks)
     if as_json:
-        click.echo(json.dumps({"cluster": cluster or _default_cluster_name(), "ok": code == 0,
-                               "checks": [c.as_dict() for c in checks]}, indent=2))
+        print_json({"cluster": cluster or _default_cluster_name(), "ok": code == 0,
+                    "checks": [c.as_dict() for c in checks]})
     elif code == 0:
         say("all checks passed")
     click_ctx.exit(code)
@@ -58,20 +62,18 @@ def _default_cluster_name() -> str | None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="A JSON list instead of a table.")
-def sites(as_json) -> None:
+@json_option
+def sites(as_json: bool) -> None:
     """The site configs shipped with hpcnb (use one with --cluster NAME or `config init --from`)."""
-    from hpcnb.cli_sites import shipped_sites
+    from hpcnb.sites import shipped_sites
 
     rows = shipped_sites()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
-    from tabulate import tabulate
-
-    click.echo(tabulate([[r["name"], r["scheduler"] or "", r["login_host"] or "-", r["description"] or "",
-                          r["docs"] or ""] for r in rows],
-                        headers=["NAME", "SCHEDULER", "LOGIN HOST", "DESCRIPTION", "DOCS"]))
+    print_table([[r["name"], r["scheduler"] or "", r["login_host"] or "-", r["description"] or "",
+                  r["docs"] or ""] for r in rows],
+                ["NAME", "SCHEDULER", "LOGIN HOST", "DESCRIPTION", "DOCS"])
 
 
 @click.group()
@@ -85,9 +87,9 @@ def config() -> None:
 @click.option("--from", "site", metavar="SITE", shell_complete=complete_sites,
               help="Start from a shipped site config (see `hpcnb sites`).")
 @click.option("--force", is_flag=True, help="Replace an existing config file (kept as .bak).")
-def config_init(cluster_name, site, force) -> None:
+def config_init(cluster_name: str | None, site: str | None, force: bool) -> None:
     """Write a commented starter config (mode 0600) to your config file's place."""
-    from hpcnb.cli_sites import init
+    from hpcnb.sites import init
 
     path, name = init(cluster_name, site, force)
     click.echo(str(path))
@@ -100,3 +102,6 @@ def config_path() -> None:
     from hpcnb.paths import user_config_file
 
     click.echo(str(user_config_file()))
+
+
+COMMANDS = (doctor, sites, config)

@@ -1,9 +1,8 @@
 """SSHRemote: the Remote protocol (hpcnb.remote) over SSH, plus channels for the tunnel.
 
-The transports under it (host keys checked on every hop, authentication, the links shared within
-one process) are hpcnb.sshlink's. from_config follows ~/.ssh/config (hpcnb.sshconfig): aliases,
-ProxyJump chains, ProxyCommand; a live connection to the same route is shared, so a command that
-needs the login host twice (a node-ssh tunnel) logs in, and prompts, once.
+The hops under it (host keys checked on every hop, authentication) are hpcnb.ssh.transport's;
+from_config follows ~/.ssh/config (hpcnb.ssh.route) and shares live links (hpcnb.ssh.links), so
+a command that needs the login host twice (a node-ssh tunnel) logs in, and prompts, once.
 """
 
 from __future__ import annotations
@@ -18,20 +17,14 @@ from typing import Protocol
 
 import paramiko
 
-from hpcnb import auth, hostkeys, sshconfig
 from hpcnb.errors import CommandError, SSHError
-from hpcnb.remote import CommandResult
-from hpcnb.sshlink import (
-    MAX_PACKET_SIZE,
-    WINDOW_SIZE,
-    Link,
-    Login,
-    SSHTransport,
-    open_route,
-    open_tcp,
-    open_transport,
-    tcp_socket,
-)
+from hpcnb.remote import CommandResult, logged
+from hpcnb.ssh import auth, hostkeys, route
+from hpcnb.ssh.links import Link, open_route
+from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTransport, open_tcp, open_transport
+
+# paramiko errors that mean the connection (not our request) failed.
+CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 class ClusterLike(Protocol):
@@ -40,7 +33,7 @@ class ClusterLike(Protocol):
     @property
     def login_host(self) -> str | None: ...
     @property
-    def port(self) -> int: ...
+    def port(self) -> int | None: ...
     @property
     def user(self) -> str | None: ...
     @property
@@ -66,13 +59,10 @@ class SSHRemote:
         self.transport = transport
         self.host, self.port, self.user = host, port, user
         self.parent = parent  # the login host a node hop (jump) goes through
-        self._link = link  # shared: released, not closed, by close()
-        self._shared = link is not None
-        self.keepalive = login.keepalive
+        self._link = link  # a login's link is released (shared links stay up for others)
         self.route = f"{user}@{host}:{port}"
         self._children: list[SSHRemote] = []
         self._sftp: paramiko.SFTPClient | None = None
-        self._home: str | None = None
         self._lock = threading.Lock()
         self._login = login
 
@@ -97,20 +87,11 @@ class SSHRemote:
         """Connect, check the host key, authenticate. known_hosts_files: checked in order, the
         first is where an accepted new key is added (default ~/.ssh/known_hosts + system file).
         No ~/.ssh/config, no sharing: a connection of its own."""
-        login = Login(
-            user or getpass.getuser(),
-            auth.Credentials((identity_file,) if identity_file else (), False, allow_agent, prompt_handler),
-            hostkeys.KnownHosts(known_hosts_files),
-            timeout,
-            accept_new_host_key,
-        )
-        sock = tcp_socket(host, port, timeout)
-        try:
-            transport = open_transport(sock, host, port, [hostkeys.host_key_name(host, port)], login)
-        except SSHError:
-            sock.close()
-            raise
-        return cls(transport, host=host, port=port, user=login.user, login=login)
+        hop = route.direct_hop(host, port, user or getpass.getuser(),
+                               (identity_file,) if identity_file else (), known_hosts_files or (),
+                               accept_new_host_key, allow_agent)
+        link, login = open_route([hop], timeout, prompt_handler, share=False)
+        return cls(link.transport, host=host, port=port, user=login.user, login=login, link=link)
 
     @classmethod
     def from_config(
@@ -128,14 +109,14 @@ class SSHRemote:
         if not cfg.login_host:
             raise SSHError(f"cluster {getattr(cfg, 'name', '?')} has no login_host configured")
         port = cfg.port  # None: the ssh config's Port, else 22; an explicit value always wins
-        defaults = sshconfig.Defaults(user=cfg.user, port=port, identity_file=cfg.identity_file,
-                                      known_hosts=cfg.known_hosts, accept_new=accept_new_host_key)
-        hops = sshconfig.route(cfg.login_host, defaults)
+        defaults = route.Defaults(user=cfg.user, port=port, identity_file=cfg.identity_file,
+                                  known_hosts=cfg.known_hosts, accept_new=accept_new_host_key)
+        hops = route.route(cfg.login_host, defaults)
         link, login = open_route(hops, timeout, prompt_handler)
         last = hops[-1]
         remote = cls(link.transport, host=last.hostname, port=last.port, user=last.user, login=login,
                      link=link)
-        remote.route = sshconfig.describe(hops)
+        remote.route = route.describe(hops)
         return remote
 
     def jump(
@@ -191,8 +172,17 @@ class SSHRemote:
                 f"{self.host} could not open unix socket {path}: {exc.text}",
                 hint="the server needs AllowStreamLocalForwarding yes and the socket must exist",
             ) from exc
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise SSHError(f"connection to {self.host} lost: {exc or type(exc).__name__}") from exc
+
+    @property
+    def keepalive(self) -> int:
+        """Seconds between keepalives (ServerAliveInterval; 0: none)."""
+        return self._login.keepalive
+
+    def login(self) -> SSHRemote:
+        """The login connection this one is a hop of (itself for a login connection)."""
+        return self if self.parent is None else self.parent.login()
 
     def is_alive(self) -> bool:
         return (
@@ -202,6 +192,7 @@ class SSHRemote:
         )
 
     # --- Remote protocol -------------------------------------------------------------------
+    @logged
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
         """Run argv (each word shell-quoted for the remote login shell). Never raises for a
         non-zero exit; SSHError if the connection fails, CommandError on timeout."""
@@ -214,7 +205,7 @@ class SSHRemote:
             if stdin:
                 chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window
             chan.shutdown_write()
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise SSHError(f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
         stderr_parts: list[bytes] = []
 
@@ -261,7 +252,7 @@ class SSHRemote:
                     client = paramiko.SFTPClient.from_transport(
                         self.transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
                     )
-                except (paramiko.SSHException, EOFError, OSError) as exc:
+                except CONNECTION_ERRORS as exc:
                     raise SSHError(f"cannot start SFTP on {self.host}: {exc}") from exc
                 if client is None:
                     raise SSHError(f"cannot start SFTP on {self.host}")
@@ -279,14 +270,6 @@ class SSHRemote:
         except (paramiko.SSHException, EOFError) as exc:
             raise SSHError(f"cannot read {path} on {self.host}: {exc}") from exc
 
-    def home(self) -> str:
-        if self._home is None:
-            try:
-                self._home = self._sftp_client().normalize(".")
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise SSHError(f"cannot find the home directory on {self.host}: {exc}") from exc
-        return self._home
-
     def close(self) -> None:
         for child in self._children:
             child.close()
@@ -297,8 +280,8 @@ class SSHRemote:
         link, self._link = self._link, None
         if link is not None:
             link.release()
-        elif not self._shared:
-            self.transport.close()
+        elif self.parent is not None:
+            self.transport.close()  # a node hop's own transport
 
     def __enter__(self) -> SSHRemote:
         return self

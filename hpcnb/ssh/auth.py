@@ -6,7 +6,8 @@ passphrase is asked once per file and process). A server that wants a second fac
 (`AuthenticationMethods publickey,keyboard-interactive`, RFC 4252 partial success) or only
 keyboard-interactive (TOTP, Duo) gets its prompts answered by a PromptHandler: by default the
 program named by $HPCNB_ASKPASS, else the terminal. A rejected answer is not retried: one prompt
-per host per command, and an error (exit 4) that says so.
+per host per command. Every failure here is AuthenticationFailed (exit 4), which is never
+retried (hpcnb.ssh.reconnect).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import paramiko
 
-from hpcnb.errors import AuthenticationFailed, SSHError
-from hpcnb.hostkeys import fingerprint, key_label
+from hpcnb.errors import AuthenticationFailed
+from hpcnb.ssh.hostkeys import fingerprint, key_label
 
 # What OpenSSH tries when no IdentityFile is configured (ssh(1) -i).
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
@@ -55,15 +56,15 @@ def askpass_or_terminal(prompt: Prompt) -> str:
             proc = subprocess.run([program, prompt.text], capture_output=True, text=True, env=env,
                                   timeout=300, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SSHError(f"{ASKPASS_ENV} program {program!r} failed: {exc}") from exc
+            raise AuthenticationFailed(f"{ASKPASS_ENV} program {program!r} failed: {exc}") from exc
         if proc.returncode != 0:
-            raise SSHError(f"{ASKPASS_ENV} program {program!r} exited {proc.returncode}: "
+            raise AuthenticationFailed(f"{ASKPASS_ENV} program {program!r} exited {proc.returncode}: "
                            f"{proc.stderr.strip()[-200:]}")
         return proc.stdout.splitlines()[0] if proc.stdout else ""
     try:
         tty = open("/dev/tty", "r+", encoding="utf-8")  # noqa: SIM115 (closed below)
     except OSError:
-        raise SSHError(
+        raise AuthenticationFailed(
             f"{prompt.user}@{prompt.host} asks {prompt.text.strip()!r} but there is no terminal to answer",
             hint=f"run hpcnb in a terminal, or set {ASKPASS_ENV} to a program that prints the answer",
         ) from None
@@ -100,23 +101,13 @@ def _load(path: Path, passphrase: str | None = None) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
     except FileNotFoundError as exc:
-        raise SSHError(f"identity file {path} does not exist") from exc
+        raise AuthenticationFailed(f"identity file {path} does not exist") from exc
     except paramiko.PasswordRequiredException:
         raise
     except (paramiko.SSHException, ValueError, OSError) as exc:
         if passphrase is not None:
-            raise SSHError(f"cannot read identity file {path}: wrong passphrase?") from exc
-        raise SSHError(f"cannot read identity file {path}: {exc}") from exc
-
-
-def load_identity(path: str) -> paramiko.PKey:
-    """An identity file that needs no passphrase (SSHError otherwise)."""
-    full = Path(path).expanduser()
-    try:
-        return _load(full)
-    except paramiko.PasswordRequiredException as exc:
-        raise SSHError(f"identity file {full} is protected by a passphrase",
-                       hint="load it into ssh-agent (ssh-add), or run hpcnb where it can ask") from exc
+            raise AuthenticationFailed(f"cannot read identity file {path}: wrong passphrase?") from exc
+        raise AuthenticationFailed(f"cannot read identity file {path}: {exc}") from exc
 
 
 def _public_blob(path: Path) -> bytes | None:
@@ -142,8 +133,9 @@ class _Authenticator:
     def _ask(self, text: str, echo: bool = False, title: str = "", instructions: str = "") -> str:
         handler = self.creds.prompt
         if handler is None:
-            raise SSHError(f"{self.user}@{self.host} asks {text.strip()!r}, but this hop takes keys only",
-                           hint="SSH to compute nodes must work with your key (or ssh-agent)")
+            raise AuthenticationFailed(
+                f"{self.user}@{self.host} asks {text.strip()!r}, but this hop takes keys only",
+                hint="SSH to compute nodes must work with your key (or ssh-agent)")
         return handler(Prompt(self.host, self.user, text, echo, title, instructions))
 
     def _kbd_handler(self, title: str, instructions: str, prompts: Sequence[tuple[str, bool]]) -> list[str]:
@@ -184,7 +176,7 @@ class _Authenticator:
         except paramiko.AuthenticationException:
             return None
 
-    def _failed(self, why: str) -> SSHError:
+    def _failed(self, why: str) -> AuthenticationFailed:
         return AuthenticationFailed(f"authentication failed for {self.user}@{self.host}: {why}")
 
     def _candidates(self):
@@ -196,7 +188,7 @@ class _Authenticator:
                 yield str(path), _load(path)
             except paramiko.PasswordRequiredException:
                 locked.append(path)
-            except SSHError:
+            except AuthenticationFailed:
                 if self.creds.identity_files:
                     raise
         if self.creds.allow_agent:
@@ -237,5 +229,5 @@ class _Authenticator:
 
 
 def authenticate(transport: paramiko.Transport, host: str, user: str, creds: Credentials) -> None:
-    """Authenticate or raise SSHError (exit 4) naming what was tried."""
+    """Authenticate or raise AuthenticationFailed (exit 4) naming what was tried."""
     _Authenticator(transport, host, user, creds).run()

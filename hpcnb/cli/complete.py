@@ -7,7 +7,6 @@ state database stays missing).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from click.shell_completion import CompletionItem
@@ -21,9 +20,9 @@ def clusters(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
         found = [(c.name, c.description or c.scheduler) for c in list_clusters()]
     except Exception:  # noqa: BLE001 - a broken config must not break <TAB>; fall back to file names
         try:
-            from hpcnb.paths import site_config_dir
+            from hpcnb.paths import site_config_files
 
-            found = [(p.stem, "") for p in sorted(site_config_dir().glob("*.toml"))]
+            found = [(name, "") for name in site_config_files()]
         except OSError:
             found = []
     return [CompletionItem(name, help=help_ or None) for name, help_ in found if name.startswith(incomplete)]
@@ -42,28 +41,10 @@ def job_ids(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
     """Job ids from this laptop's session store, newest first; active ones only for attach/cancel."""
     try:
         from hpcnb.paths import state_dir
+        from hpcnb.store import recent_sessions
 
-        db = state_dir() / "sessions.db"
-        if not db.is_file():
-            return []
-        cluster = _cluster_of(ctx)
-        active_only = ctx.command.name in {"attach", "cancel"}
-        sql = "SELECT job_id, cluster, name, state FROM sessions"
-        where, args = [], []
-        if cluster:
-            where.append("cluster = ?")
-            args.append(cluster)
-        if active_only:
-            where.append("ended_at IS NULL")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY submitted_at DESC LIMIT 200"
-        # Read-only: completion never creates, migrates or locks the store for writing.
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1.0)
-        try:
-            rows = conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        rows = recent_sessions(state_dir() / "sessions.db", _cluster_of(ctx),
+                               active_only=ctx.command.name in {"attach", "cancel"})
     except Exception:  # noqa: BLE001 - <TAB> must never fail loudly
         return []
     seen: set[str] = set()
@@ -74,3 +55,10 @@ def job_ids(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
         seen.add(job_id)
         items.append(CompletionItem(job_id, help=f"{job_cluster} {name or ''} {state}".replace("  ", " ")))
     return items
+
+
+def sites(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
+    """Shipped site config names, for `config init --from`."""
+    from hpcnb.paths import site_config_files
+
+    return [CompletionItem(name) for name in site_config_files() if name.startswith(incomplete)]

@@ -1,4 +1,4 @@
-"""The user's ~/.ssh/config (or $HPCNB_SSH_CONFIG), and the route to a cluster's login host.
+"""The route to a cluster's login host, from the user's ~/.ssh/config (or $HPCNB_SSH_CONFIG): pure.
 
 Parsed by paramiko.SSHConfig (Host and Match blocks, tokens, first value obtained wins). Honoured:
 Host aliases, HostName, User, Port, IdentityFile (several), IdentitiesOnly, ProxyJump (several hops,
@@ -7,7 +7,8 @@ GlobalKnownHostsFile, HostKeyAlias, ConnectTimeout, and StrictHostKeyChecking=ac
 --accept-new-host-key). Host-key checking is never turned off: `no`/`off` count as `yes`.
 
 Precedence: what the hpcnb cluster config sets explicitly (user, port other than 22,
-identity_file, known_hosts) wins over ~/.ssh/config; the config supplies the rest.
+identity_file, known_hosts) wins over ~/.ssh/config; the config supplies the rest. Opening the
+route is hpcnb.ssh.links'.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 import paramiko
 
-from hpcnb import hostkeys
 from hpcnb.errors import ConfigError
+from hpcnb.ssh import hostkeys
 
 ENV = "HPCNB_SSH_CONFIG"
 DEFAULT_PATH = "~/.ssh/config"
@@ -62,10 +63,19 @@ class Hop:
     key_host: str  # HostKeyAlias, else hostname: the name its host key is looked up under
     proxy_command: str | None = None  # first hop only
     connect_timeout: float | None = None
+    allow_agent: bool = True
 
     @property
     def key_names(self) -> tuple[str, ...]:
         return (hostkeys.host_key_name(self.key_host, self.port),)
+
+
+def direct_hop(host: str, port: int, user: str, identity_files: Sequence[str],
+               known_hosts: Sequence[str], accept_new: bool, allow_agent: bool = True) -> Hop:
+    """A hop straight to host:port, with no ~/.ssh/config (hpcnb.ssh.SSHRemote.connect)."""
+    return Hop(alias=host, hostname=host, port=port, user=user, identity_files=tuple(identity_files),
+               identities_only=False, known_hosts=tuple(known_hosts), accept_new=accept_new,
+               keepalive=DEFAULT_KEEPALIVE_S, key_host=host, allow_agent=allow_agent)
 
 
 def _words(value: Any) -> list[str]:

@@ -1,21 +1,28 @@
 """What `submit` and `attach` show while they wait: one status line, updated in place on a terminal.
 
-Pure and testable: a StatusLine is given a `write` callable and whether it writes to a terminal.
+StatusLine is pure and testable: it is given a `write` callable and whether that is a terminal.
 On a terminal every update rewrites the same line (carriage return + "erase line") and the final
 line ends with a newline; elsewhere (a pipe, a log file, CI) each *new* message is one plain line,
 so logs carry no control characters and no repeated lines. render() is the whole transcript a
 sequence of events produces, for tests.
 
-Events are anything with `phase`, `status` and `elapsed` (session.Progress), plus the CLI's own
-phases "tunnel" (the local port is listening) and "detached".
+Events are anything with `phase`, `status` and `elapsed` (hpcnb.watcher.WaitEvent), plus the
+CLI's own phases "tunnel" (the local port is listening) and "detached". StatusTicker puts a
+StatusLine on stderr and refreshes its elapsed time every second on a terminal.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import click
+
+from hpcnb.cli.output import UI, is_tty
 
 CLEAR_LINE = "\r\x1b[2K"
 _NO_REASON = {"", "None", "(null)", "none"}
@@ -37,7 +44,7 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class Event:
-    """A CLI-side event (the session's Progress has the same three fields)."""
+    """A CLI-side event (hpcnb.watcher.WaitEvent has the same first three fields)."""
 
     phase: str
     status: Any = None
@@ -160,3 +167,47 @@ def render(events: Iterable[Any], is_tty: bool, final: str | None = None) -> str
         status.update(event)
     status.finish(final)
     return "".join(out)
+
+
+class StatusTicker:
+    """The status line of one command on stderr, with a 1 s ticker for the elapsed time on a
+    terminal. Nothing at all with -q. Call it with events; `note` prints a line of its own."""
+
+    def __init__(self) -> None:
+        def write(text: str) -> None:
+            if not UI.quiet:
+                click.echo(text, err=True, nl=False)
+
+        self.line = StatusLine(write, is_tty(sys.stderr) and not UI.quiet)
+        self._started = time.monotonic()
+        self._stop: threading.Event | None = None
+
+    def __enter__(self) -> StatusTicker:
+        self._started = time.monotonic()
+        if self.line.is_tty:
+            stop = self._stop = threading.Event()
+            threading.Thread(target=self._tick, args=(stop,), daemon=True).start()
+        return self
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            self.line.tick(time.monotonic() - self._started)
+
+    def __call__(self, event: Any) -> None:
+        self.line.update(event)
+
+    def note(self, message: str) -> None:
+        if not UI.quiet:
+            self.line.note(message)
+
+    def done(self, final_phase: str, detail: str | None = None) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        self.line.done(Event(final_phase, detail=detail), time.monotonic() - self._started)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # On success the line stays open: "tunnel up" (done) replaces it in place.
+        if self._stop is not None:
+            self._stop.set()
+        if exc_type is not None:
+            self.line.finish()

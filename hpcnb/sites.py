@@ -1,4 +1,4 @@
-"""`hpcnb sites` (the shipped site configs) and `hpcnb config init` (a starter user config).
+"""The shipped site configs as a list (`hpcnb sites`), and a starter user config (`hpcnb config init`).
 
 The site list reads the shipped TOML files themselves, so a broken user config does not hide them.
 `config init` never overwrites without --force, writes with mode 0600 (the file names hosts, users
@@ -15,9 +15,7 @@ from typing import Any
 
 from hpcnb import paths
 from hpcnb.errors import ConfigError, UsageError
-
-# As config.py's cluster-name rule (a table name is also a TOML bare key).
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+from hpcnb.names import NAME_RE, NAME_RULE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +26,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 def shipped_sites() -> list[dict[str, Any]]:
     """name, scheduler, login_host, description, docs of every shipped site config, by name."""
     rows = []
-    for file in sorted(paths.site_config_dir().glob("*.toml")):
+    for file in paths.site_config_files().values():
         try:
             with open(file, "rb") as fh:
                 data = tomllib.load(fh)
@@ -123,8 +121,8 @@ def init(cluster: str | None, site_name: str | None, force: bool) -> tuple[Path,
                              hint=f"one of: {', '.join(sorted(sites))} (see `hpcnb sites`)")
         site = sites[site_name]
     name = cluster or site_name or "mycluster"
-    if not _NAME_RE.match(name):
-        raise UsageError(f"--cluster-name {name!r} must be 1-64 letters, digits, . _ -")
+    if not NAME_RE.match(name):
+        raise UsageError(f"--cluster-name {name!r} must be {NAME_RULE}")
     target = paths.user_config_file()
     write_config(starter_config(name, site), target, force)
     load_cluster(name)  # what we wrote must load (a ConfigError here is a bug worth seeing)

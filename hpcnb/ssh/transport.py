@@ -1,28 +1,26 @@
-"""The SSH transport layer: one authenticated paramiko Transport per hop; links shared in a process.
+"""One SSH hop: a paramiko Transport with the host key checked and the user authenticated.
 
 Built on paramiko.Transport directly (never SSHClient + AutoAddPolicy): the host key is checked
-against known_hosts after key exchange and before any authentication is attempted.
-
-Within one process a live link to the same route (a ProxyJump chain from hpcnb.sshconfig) is
-shared by refcount (like OpenSSH's ControlMaster), so a command that needs the login host twice
-(a node-ssh tunnel) logs in, and prompts, once. SSHRemote (hpcnb.ssh) is the API over this.
+against known_hosts after key exchange and before any authentication is attempted. A hop runs
+over a TCP socket, a ProxyCommand, or a channel of the previous hop (hpcnb.ssh.channelsock).
+Sharing hops between the users of one process is hpcnb.ssh.links'.
 """
 
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
-from hpcnb import auth, hostkeys, sshconfig
-from hpcnb.chanio import ChannelSocket
 from hpcnb.errors import SSHError
+from hpcnb.net import tcp_connect
+from hpcnb.ssh import auth, hostkeys
+from hpcnb.ssh.channelsock import ChannelSocket
+from hpcnb.ssh.route import Hop
 
 # AES-GCM first: one pass for cipher + MAC, by far the cheapest per byte in paramiko (its default
 # list puts GCM last). CTR+HMAC as fallback for servers without GCM.
@@ -41,7 +39,6 @@ WINDOW_SIZE = 16 * 1024 * 1024  # receive window per channel: keeps a fast link 
 # 2 CPUs, 3 interleaved rounds, medians: 32 KiB 295 MB/s, 128 KiB 497 MB/s (OpenSSH `ssh -L` 446).
 # hpcnb.tunnel's STREAM_READ (a read that large means a download is streaming) stays <= one packet.
 MAX_PACKET_SIZE = 128 * 1024
-KEEPALIVE_S = sshconfig.DEFAULT_KEEPALIVE_S
 STREAMLOCAL = "direct-streamlocal@openssh.com"
 
 
@@ -94,24 +91,30 @@ def _connect_error(host: str, port: int, exc: OSError, timeout: float) -> SSHErr
 
 def tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        return tcp_connect(host, port, timeout, keepalive=True)
     except OSError as exc:
         raise _connect_error(host, port, exc, timeout) from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    return sock
 
 
 @dataclass(frozen=True)
 class Login:
-    """How to log in; shared by a connection and the hops made through it."""
+    """How to log in to one hop; a node hop made through a connection derives its own from it."""
 
     user: str
     creds: auth.Credentials
     known: hostkeys.KnownHosts
     timeout: float
     accept_new_host_key: bool
-    keepalive: int = KEEPALIVE_S
+    keepalive: int
+
+    @classmethod
+    def for_hop(cls, hop: Hop, prompt: auth.PromptHandler | None, timeout: float,
+                passphrases: dict[str, str] | None = None) -> Login:
+        """The one place a Login is made from what ~/.ssh/config and the cluster config say."""
+        creds = auth.Credentials(hop.identity_files, hop.identities_only, hop.allow_agent, prompt,
+                                 passphrases if passphrases is not None else {})
+        return cls(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts),
+                   hop.connect_timeout or timeout, hop.accept_new, hop.keepalive)
 
 
 def open_transport(
@@ -119,7 +122,7 @@ def open_transport(
 ) -> SSHTransport:
     timeout = login.timeout
     # A hop carried over a channel (jump, ProxyJump): paramiko would read the Channel itself a few
-    # bytes at a time, each read costing O(buffered); ChannelSocket reads it in one go (chanio.py).
+    # bytes at a time, each read costing O(buffered); ChannelSocket reads it in one go.
     wire = ChannelSocket(sock) if isinstance(sock, paramiko.Channel) else sock
     transport = SSHTransport(wire, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE)
     opts = transport.get_security_options()
@@ -144,98 +147,6 @@ def open_transport(
     if login.keepalive > 0:
         transport.set_keepalive(login.keepalive)
     return transport
-
-
-class Link:
-    """One authenticated transport and the link it rides on (ProxyJump), shared by refcount."""
-
-    def __init__(self, key: tuple, transport: SSHTransport, via: Link | None, keepalive: int) -> None:
-        self.key, self.transport, self.via, self.keepalive, self.refs = key, transport, via, keepalive, 1
-
-    def alive(self) -> bool:
-        return self.transport.is_active() and (self.via is None or self.via.alive())
-
-    def release(self) -> None:
-        with _LINKS_LOCK:
-            self.refs -= 1
-            if self.refs > 0:
-                return
-            if _LINKS.get(self.key) is self:
-                del _LINKS[self.key]
-        self.transport.close()
-        if self.via is not None:
-            self.via.release()
-
-
-_LINKS: dict[tuple, Link] = {}
-_LINKS_LOCK = threading.Lock()
-
-
-def _hop_key(hop: sshconfig.Hop) -> tuple:
-    return (hop.hostname, hop.port, hop.user, hop.proxy_command)
-
-
-def _first_socket(hop: sshconfig.Hop, timeout: float) -> socket.socket | paramiko.ProxyCommand:
-    if not hop.proxy_command:
-        return tcp_socket(hop.hostname, hop.port, timeout)
-    try:
-        return paramiko.ProxyCommand(hop.proxy_command)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        raise SSHError(f"ProxyCommand for {hop.alias} failed to start: {exc}",
-                       hint=f"the command was: {hop.proxy_command}") from exc
-
-
-def open_route(hops: Sequence[sshconfig.Hop], timeout: float, prompt: auth.PromptHandler | None
-                ) -> tuple[Link, Login]:
-    """A link to the last hop (one reference, the caller's), reusing live links of its prefixes."""
-    keys = [tuple(_hop_key(h) for h in hops[: i + 1]) for i in range(len(hops))]
-    link: Link | None = None
-    start = 0
-    with _LINKS_LOCK:
-        for i in range(len(hops) - 1, -1, -1):
-            found = _LINKS.get(keys[i])
-            if found is not None and found.alive():
-                found.refs += 1
-                link, start = found, i + 1
-                break
-    passphrases: dict[str, str] = {}
-    login: Login | None = None
-    try:
-        for i in range(start, len(hops)):
-            hop = hops[i]
-            hop_timeout = hop.connect_timeout or timeout
-            creds = auth.Credentials(hop.identity_files, hop.identities_only, True, prompt, passphrases)
-            login = Login(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts), hop_timeout,
-                           hop.accept_new, hop.keepalive)
-            if link is None:
-                sock = _first_socket(hop, hop_timeout)
-            else:
-                try:
-                    sock = open_tcp(link.transport, hops[i - 1].hostname, hop.hostname, hop.port,
-                                    timeout=hop_timeout)
-                except SSHError as exc:
-                    raise SSHError(f"cannot reach {hop.hostname} port {hop.port} through "
-                                   f"{hops[i - 1].alias}: {exc}") from exc
-            try:
-                transport = open_transport(sock, hop.hostname, hop.port, list(hop.key_names), login)
-            except SSHError:
-                sock.close()
-                raise
-            new = Link(keys[i], transport, link, hop.keepalive)
-            link = new  # the reference on the previous link is now new.via's
-            with _LINKS_LOCK:
-                _LINKS[keys[i]] = new
-    except BaseException:
-        if link is not None:
-            link.release()
-        raise
-    if login is None:  # the whole route was already open
-        hop = hops[-1]
-        creds = auth.Credentials(hop.identity_files, hop.identities_only, True, prompt, passphrases)
-        login = Login(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts), timeout,
-                       hop.accept_new, hop.keepalive)
-    assert link is not None
-    return link, login
 
 
 def open_tcp(transport: paramiko.Transport, where: str, host: str, port: int, *, timeout: float

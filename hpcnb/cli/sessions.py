@@ -1,0 +1,217 @@
+"""`hpcnb submit`, `attach`, `list`, `cancel`, `logs`: flags in, the Python API (hpcnb.cluster,
+hpcnb.session) does the work, the URL / tables / JSON out.
+
+Only click at import time; each command imports the API when it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hpcnb.cli.options import (
+    accept_key_option,
+    cluster_option,
+    job_id_argument,
+    json_option,
+    no_browser_option,
+    port_option,
+)
+from hpcnb.cli.output import UI, duration, print_json, print_table, say
+
+if TYPE_CHECKING:
+    from hpcnb.cli.status import StatusTicker
+    from hpcnb.cluster import Cluster
+    from hpcnb.session import Session
+
+
+def sigterm_is_interrupt() -> None:
+    """SIGTERM (and Ctrl-Break on Windows) detach exactly like Ctrl-C: the job keeps running.
+
+    Guarded: a signal the platform lacks is skipped, and signal.signal() only works in the main
+    thread (ValueError elsewhere, e.g. when hpcnb is driven from another program's thread)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, handler)
+
+
+def _cluster(name: str | None, accept_new_host_key: bool = False, notify: Any = None) -> Cluster:
+    from hpcnb.cluster import Cluster
+
+    return Cluster(name, accept_new_host_key=accept_new_host_key, notify=notify or say)
+
+
+def _detach_note(cluster: str, job_id: str) -> None:
+    say(f"detached; job {job_id} keeps running.\n"
+        f"  attach again: hpcnb attach {job_id} --cluster {cluster}\n"
+        f"  end it:       hpcnb cancel {job_id} --cluster {cluster}")
+
+
+def _open_browser(url: str) -> None:
+    from hpcnb.browser import open_url
+
+    started, how = open_url(url)
+    if not started:
+        say(f"not opening a browser ({how}); open the URL above yourself")
+
+
+def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTicker) -> None:
+    """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach)."""
+    try:
+        with session.tunnel(port) as tunnel:
+            ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
+            click.echo(tunnel.url)
+            sys.stdout.flush()
+            say("Ctrl-C detaches (the job keeps running)")
+            if not no_browser:
+                _open_browser(tunnel.url)
+            tunnel.hold(None)
+    except KeyboardInterrupt:
+        _detach_note(session.cluster.name, session.job_id)
+
+
+def _wait(session: Session, ticker: StatusTicker) -> bool:
+    """Wait for the notebook with the status line; False when Ctrl-C detached."""
+    try:
+        with ticker:
+            session.wait_ready(on_event=ticker)
+    except KeyboardInterrupt:
+        _detach_note(session.cluster.name, session.job_id)
+        return False
+    return True
+
+
+@click.command()
+@cluster_option
+@click.option("--partition", "-p", help="Partition (Slurm) or queue (PBS).")
+@click.option("--hours", help="Walltime in hours, e.g. 4 or 0.5 [default: 1].")
+@click.option("--time", "time_", metavar="HH:MM:SS", help="Walltime as [D-]HH:MM:SS (instead of --hours).")
+@click.option("--account", "-A", help="Account / project to charge.")
+@click.option("--cpus", help="CPU cores.")
+@click.option("--mem", help="Memory, e.g. 16G.")
+@click.option("--gpus", help="GPUs.")
+@click.option("--name", help="Job name [default: hpcnb].")
+@click.option("--notebook-dir", help="Folder on the cluster Jupyter opens in [default: home].")
+@port_option
+@no_browser_option
+@click.option("--no-attach", is_flag=True, help="Return once the notebook is ready.")
+@click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
+@accept_key_option
+def submit(cluster: str | None, partition: str | None, hours: str | None, time_: str | None,
+           account: str | None, cpus: str | None, mem: str | None, gpus: str | None,
+           name: str | None, notebook_dir: str | None, port: int | None, no_browser: bool,
+           no_attach: bool, dry_run: bool, accept_new_host_key: bool) -> None:
+    """Submit a notebook job, wait for it, tunnel to it and open the browser."""
+    from hpcnb.cli.status import StatusTicker
+
+    ticker = StatusTicker()
+    target = _cluster(cluster, accept_new_host_key, notify=ticker.note)
+    request = target.request(partition=partition, hours=hours, time=time_, account=account,
+                             cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir)
+    if dry_run:
+        click.echo(target.script(request), nl=False)
+        return
+    sigterm_is_interrupt()
+    with target:
+        session = target.submit(request)
+        say(f"submitted job {session.job_id} to {target.name}")
+        if not _wait(session, ticker):
+            return
+        if no_attach:
+            ticker.done("ready")
+            click.echo(session.job_id)
+            say(f"attach: hpcnb attach {session.job_id} --cluster {target.name}")
+            return
+        _hold(session, port, no_browser, ticker)
+
+
+@click.command()
+@job_id_argument
+@cluster_option
+@port_option
+@no_browser_option
+@accept_key_option
+def attach(job_id: str, cluster: str | None, port: int | None, no_browser: bool,
+           accept_new_host_key: bool) -> None:
+    """Tunnel to a running session again (from any laptop)."""
+    from hpcnb.cli.status import StatusTicker
+
+    sigterm_is_interrupt()
+    ticker = StatusTicker()
+    with _cluster(cluster, accept_new_host_key, notify=ticker.note) as target:
+        session = target.session(job_id, running=True)
+        if _wait(session, ticker):
+            _hold(session, port, no_browser, ticker)
+
+
+@click.command(name="list")
+@cluster_option
+@json_option
+@click.option("--all", "include_ended", is_flag=True, help="Include sessions that have ended.")
+@accept_key_option
+def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_host_key: bool) -> None:
+    """Your sessions on the cluster: state, node, time left."""
+    with _cluster(cluster, accept_new_host_key) as target:
+        records = target.sessions(include_ended=include_ended)
+    rows = [{
+        "job_id": r.job_id, "cluster": r.cluster, "name": r.name, "state": r.state,
+        "partition": r.partition, "node": r.node,
+        "time_left": r.time_left_s if r.ended_at is None else None,
+        "submitted_at": r.submitted_at, "tunnel": r.tunnel,
+    } for r in records]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        say(f"no {'' if include_ended else 'active '}sessions on {target.name}"
+            + ("" if include_ended else " (--all shows ended ones)"))
+        return
+    print_table([[r["job_id"], r["cluster"], r["name"] or "", r["state"], r["partition"] or "",
+                  r["node"] or "", duration(r["time_left"])] for r in rows],
+                ["JOB ID", "CLUSTER", "NAME", "STATE", "PARTITION", "NODE", "TIME LEFT"])
+
+
+@click.command()
+@job_id_argument
+@cluster_option
+@accept_key_option
+def cancel(job_id: str, cluster: str | None, accept_new_host_key: bool) -> None:
+    """End a session (scancel / qdel)."""
+    from hpcnb.session import Session
+
+    with _cluster(cluster, accept_new_host_key) as target:
+        status = Session(target, job_id).cancel()
+    say(f"job {job_id}: {status.state.value}")
+
+
+@click.command()
+@job_id_argument
+@cluster_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
+@accept_key_option
+def logs(job_id: str, cluster: str | None, follow: bool, accept_new_host_key: bool) -> None:
+    """The job's output (read over the login connection)."""
+    from hpcnb.session import Session
+
+    out = click.get_binary_stream("stdout")
+    with _cluster(cluster, accept_new_host_key) as target:
+        try:
+            for chunk in Session(target, job_id).logs(follow=follow):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+COMMANDS = (submit, attach, list_, cancel, logs)
+__all__ = ["COMMANDS", "UI", "sigterm_is_interrupt"]

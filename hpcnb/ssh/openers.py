@@ -1,0 +1,106 @@
+"""The far end of a notebook tunnel, per tunnel mode: an `open_upstream` for hpcnb.tunnel.Tunnel.
+
+    direct    laptop -> login (SSH) -> direct-tcpip to node:port
+    node-ssh  laptop -> login (SSH) -> node's sshd (SSH in a channel) -> direct-tcpip 127.0.0.1:port
+    socket    laptop -> login (SSH) -> node's sshd -> direct-streamlocal to the notebook's unix socket
+
+The connection is kept (hpcnb.ssh.reconnect): a dropped one is re-made with backoff while the local
+port stays open. The first connection rides on the command's own login: one SSH handshake per host
+per command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hpcnb.errors import HpcnbError
+from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
+from hpcnb.ssh.remote import SSHRemote
+from hpcnb.tunnel import Notify, Upstream
+
+MODES = ("direct", "node-ssh", "socket")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the notebook listens, as its handshake says (hpcnb.handshake.Handshake)."""
+
+    mode: str
+    host: str | None  # direct: the node's address
+    port: int | None
+    socket: str | None  # socket mode: the unix socket's path on the node
+    node: str | None  # the node's name (node-ssh, socket): what the login host resolves
+    node_aliases: tuple[str, ...] = ()  # other names its host key may be known under
+
+
+class NotebookRoute:
+    """Opens one channel to the notebook per browser connection, over a kept SSH connection."""
+
+    errors = RETRYABLE
+
+    def __init__(self, target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
+                 accept_new_host_key: bool = False, notify: Notify | None = None) -> None:
+        if target.mode not in MODES:
+            raise HpcnbError(f"unknown tunnel mode {target.mode!r} (known: {', '.join(MODES)})")
+        if target.mode != "direct" and not target.node:
+            raise HpcnbError("neither the scheduler nor the job named the notebook's node")
+        self.target = target
+        self._own_login = login  # the command's: its owner closes it
+        self._connect_login = connect_login
+        self._accept_new = accept_new_host_key
+        # The first connection is made here, not on the first browser request: an unknown node host
+        # key or a refused login is then this command's error (exit 5 / 4), not a retried hop.
+        first = login if target.mode == "direct" else self._hop(login)
+        self._upstream: ReconnectingUpstream[SSHRemote] = ReconnectingUpstream(
+            self._connect, self._open, notify=notify, connection=first)
+
+    def _hop(self, login: SSHRemote) -> SSHRemote:
+        # SSH to the node by the name the scheduler and the node itself use (resolved on the login
+        # host, like `ssh node01` there); its host key may be known under either name.
+        assert self.target.node is not None
+        return login.jump(self.target.node, 22, host_key_names=self.target.node_aliases,
+                          accept_new_host_key=self._accept_new)
+
+    def _connect(self) -> SSHRemote:
+        login = self._connect_login()  # after a drop: a new login connection, then the hop again
+        if self.target.mode == "direct":
+            return login
+        try:
+            return self._hop(login)
+        except BaseException:
+            login.close()
+            raise
+
+    def _open(self, conn: SSHRemote) -> Upstream:
+        t = self.target
+        if t.mode == "socket":
+            assert t.socket is not None
+            return conn.open_unix(t.socket)
+        if t.mode == "node-ssh":
+            return conn.open_tcp("127.0.0.1", int(t.port or 0))
+        return conn.open_tcp(str(t.host), int(t.port or 0))
+
+    def __call__(self) -> Upstream:
+        return self._upstream()
+
+    def login(self) -> SSHRemote | None:
+        """The live login connection (to read the job's files over), None while reconnecting: the
+        tunnel's own, so one reconnect serves both."""
+        conn = self._upstream.connection
+        if conn is None:
+            return None
+        login = conn.login()
+        return login if login.is_alive() else None
+
+    def close(self) -> None:
+        """Close what this route opened itself (never the command's own login connection)."""
+        conn, self._upstream.connection = self._upstream.connection, None
+        if conn is None or conn is self._own_login:
+            return
+        login = conn.login()
+        with contextlib.suppress(*RETRYABLE):
+            conn.close()
+            if login is not conn and login is not self._own_login:
+                login.close()

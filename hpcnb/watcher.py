@@ -1,0 +1,247 @@
+"""Watching one job: every wait of hpcnb on a job, with one polling policy and one clock.
+
+Two sources, two costs:
+  * the job's own files in the user's home on the cluster (hpcnb.handshake): connection.json once
+    Jupyter answers, `ended` when the notebook stops, job.log. A file read on the login host.
+  * the scheduler (hpcnb.batch): each squeue/qstat is an RPC to a controller that the whole
+    cluster shares, so it is asked sparingly: after 5, 10, 20, then every 30 s while a job waits
+    to start; every 60 s while attached; at once when the `ended` file appears (to say why).
+A controller that does not answer is UNKNOWN (keep waiting), never "gone"; a job the scheduler
+does not know three times in a row is gone. The `ended` file wins over a scheduler that still says
+RUNNING (the notebook is gone); the scheduler's final state wins over a missing `ended` file (a job
+killed too hard to write it).
+
+The clock is injected (Clock), so every loop here runs in unit tests without waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from hpcnb import handshake as hs
+from hpcnb.batch import BatchSystem
+from hpcnb.errors import HpcnbError, JobEnded, JobNotFound, StartTimeout, logs_hint
+from hpcnb.remote import Remote
+from hpcnb.schedulers import JobState, JobStatus
+
+# The launcher's exit code when Jupyter never answered within start_timeout (templates/launcher.py).
+START_TIMEOUT_EXIT = 124
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How often each source is read, in seconds, per situation."""
+
+    queue_backoff: tuple[float, ...] = (5.0, 10.0, 20.0, 30.0)  # scheduler, waiting to start
+    files_queued: float = 2.0  # connection.json / ended while the job waits to start
+    files_running: float = 0.25  # ... once it runs: the notebook is about to answer
+    start_grace: float = 30.0  # beyond start_timeout before a running job's notebook is given up
+    misses: int = 3  # status queries in a row that do not know the job: it is gone
+    attached_files: float = 5.0  # `ended`, while a tunnel is up
+    attached_status: float = 60.0  # the scheduler, while a tunnel is up
+    follow_files: float = 1.0  # job.log, for `logs -f`
+    follow_status: float = 30.0  # the scheduler, for `logs -f`
+    cancel_wait: float = 15.0  # how long `cancel` waits to see the job end
+    cancel_backoff: tuple[float, float] = (0.5, 4.0)  # first and largest pause in that wait
+
+
+class Clock:
+    """Time as the watcher sees it; tests pass one that advances without sleeping."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Sleep up to `seconds`, or until `stop` is set; whether it is."""
+        return stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class WaitEvent:
+    """What a wait for the notebook is at, for a status line: queued, starting, unknown, ready."""
+
+    phase: str
+    status: JobStatus | None
+    elapsed: float
+
+
+def _phase(status: JobStatus | None) -> str:
+    if status is not None and status.state is JobState.RUNNING:
+        return "starting"
+    if status is not None and status.state is JobState.UNKNOWN:
+        return "unknown"
+    return "queued"
+
+
+def _ignore(*_args: object) -> None:
+    return None
+
+
+class JobWatcher:
+    """Waits on one job over a cluster's connection; records each status it learns."""
+
+    def __init__(self, job_id: str, batch: BatchSystem, remote: Callable[[], Remote], *,
+                 start_timeout: int, record: Callable[[JobStatus], None] = _ignore,
+                 notify: Callable[[str], None] = _ignore, policy: PollPolicy | None = None,
+                 clock: Clock | None = None) -> None:
+        self.job_id, self.batch, self._remote = job_id, batch, remote
+        self.start_timeout = start_timeout
+        self.record, self.notify = record, notify
+        self.policy = policy or PollPolicy()
+        self.clock = clock or Clock()
+
+    # ---- the scheduler and the job's files ---------------------------------------------------
+
+    def status(self, remote: Remote | None = None) -> JobStatus | None:
+        """One scheduler query for this job (recorded); None if the scheduler does not know it."""
+        status = self.batch.statuses([self.job_id], remote).get(self.job_id)
+        if status is not None:
+            self.record(status)
+        return status
+
+    def ended_error(self, status: JobStatus | None, why: str) -> JobEnded:
+        """JobEnded with the scheduler's word for it, its exit code and reason, and the log's tail."""
+        state = status.state.value if status else "ended"
+        detail = f" (exit code {status.exit_code})" if status and status.exit_code else ""
+        message = f"job {self.job_id} {why}: {state}{detail}"
+        if status and status.reason and status.state.is_final:
+            message += f", {status.reason}"
+        tail = hs.log_tail(self._remote(), self.job_id)
+        if tail:
+            message += "\nlast lines of its output:\n" + tail
+        return JobEnded(message, hint=None if tail else logs_hint(self.job_id, self.batch.cluster))
+
+    # ---- waiting for the notebook ------------------------------------------------------------
+
+    def wait_ready(self, on_event: Callable[[WaitEvent], None] = _ignore) -> hs.Handshake:
+        """Until the job's notebook answers: its handshake. JobEnded if the job ends first,
+        StartTimeout if it runs but its notebook never becomes ready, JobNotFound if the scheduler
+        stops knowing it."""
+        p, clock = self.policy, self.clock
+        started = clock.monotonic()
+        next_query, polls, misses = started, 0, 0
+        status: JobStatus | None = None
+        running_since: float | None = None
+        while True:
+            now = clock.monotonic()
+            found = hs.read_handshake(self._remote(), self.job_id)
+            if found:
+                on_event(WaitEvent("ready", status, now - started))
+                self.record(JobStatus(self.job_id, JobState.RUNNING, "RUNNING",
+                                      node=status.node if status else None))
+                return found
+            ended = hs.read_ended(self._remote(), self.job_id)
+            if ended == START_TIMEOUT_EXIT:
+                raise StartTimeout(
+                    f"job {self.job_id}: Jupyter did not answer within {self.start_timeout} s of "
+                    "starting; the job has stopped", hint=logs_hint(self.job_id, self.batch.cluster))
+            if now >= next_query or ended is not False:
+                status = self.status()
+                misses = misses + 1 if status is None else 0
+                self._check_waiting(status, ended, misses)
+                if status is not None and status.state is JobState.RUNNING and running_since is None:
+                    running_since = now
+                on_event(WaitEvent(_phase(status), status, now - started))
+                next_query = now + p.queue_backoff[min(polls, len(p.queue_backoff) - 1)]
+                polls += 1
+            if running_since is not None and now - running_since > self.start_timeout + p.start_grace:
+                raise StartTimeout(
+                    f"job {self.job_id} runs but its notebook did not answer within "
+                    f"{self.start_timeout} s",
+                    hint=f"the job still runs: `{logs_hint(self.job_id, self.batch.cluster)}`, "
+                         f"`hpcnb cancel {self.job_id} --cluster {self.batch.cluster}`")
+            clock.sleep(p.files_running if running_since is not None else p.files_queued)
+
+    def _check_waiting(self, status: JobStatus | None, ended: int | bool | None, misses: int) -> None:
+        """Raise if what the scheduler and the `ended` file say means the notebook will not come."""
+        before = "stopped its notebook before it was ready"
+        if status is None and ended is not False:
+            raise self.ended_error(None, before)
+        if status is None and misses >= self.policy.misses:
+            raise JobNotFound(f"job {self.job_id} is not known to the {self.batch.scheduler.name} "
+                              "scheduler")
+        if status is None:
+            return
+        if status.state.is_final:
+            raise self.ended_error(status, "ended before the notebook was ready")
+        if ended is not False and status.state is not JobState.UNKNOWN:
+            raise self.ended_error(status, before)
+
+    # ---- while attached ------------------------------------------------------------------------
+
+    def watch_attached(self, stop: threading.Event, remote: Callable[[], Remote | None], *,
+                       walltime_end: float | None, warn_before: int) -> None:
+        """Until `stop` is set (returns) or the job's notebook ends (JobEnded). `remote()` is the
+        connection to read over (the tunnel's own; None while it reconnects). Warns once,
+        `warn_before` seconds before the walltime ends (the job's own end time, wall clock)."""
+        p, clock = self.policy, self.clock
+        warned = False
+        next_status = clock.monotonic() + p.attached_status
+        while not clock.wait(stop, p.attached_files):
+            conn = remote()
+            if conn is None:
+                continue  # reconnecting; the tunnel says so
+            try:
+                ended = hs.read_ended(conn, self.job_id)
+                status = None
+                if ended is not False or clock.monotonic() >= next_status:
+                    next_status = clock.monotonic() + p.attached_status
+                    status = self.status(conn)
+            except HpcnbError as exc:  # a dropped connection, a failed query: say so, look again
+                self.notify(f"could not check the job: {exc}")
+                continue
+            if ended is not False or (status is not None and status.state.is_final):
+                state = status.state.value if status and status.state is not JobState.UNKNOWN else "ended"
+                raise JobEnded(f"job {self.job_id} has ended ({state}); its notebook is gone",
+                               hint=logs_hint(self.job_id, self.batch.cluster))
+            left = walltime_end - clock.time() if walltime_end else None
+            if left is not None and not warned and left <= warn_before:
+                warned = True
+                self.notify(f"job {self.job_id} reaches its time limit in {max(0, int(left // 60))} "
+                            "min; save your work")
+
+    # ---- logs -f and cancel --------------------------------------------------------------------
+
+    def follow_log(self) -> Iterator[bytes]:
+        """job.log as it grows, until the job's notebook ends (or the scheduler says the job has,
+        for a job killed before it could write `ended`)."""
+        p, clock = self.policy, self.clock
+        offset = 0
+        next_status = clock.monotonic() + p.follow_status
+        while True:
+            data = hs.read_log(self._remote(), self.job_id) or b""
+            if len(data) > offset:
+                yield data[offset:]
+                offset = len(data)
+            if hs.read_ended(self._remote(), self.job_id) is not False:
+                return
+            if clock.monotonic() >= next_status:
+                next_status = clock.monotonic() + p.follow_status
+                status = self.status()
+                if status is None or status.state.is_final:
+                    return
+            clock.sleep(p.follow_files)
+
+    def wait_final(self, last: JobStatus) -> JobStatus:
+        """After a cancel: the job's status once the scheduler shows it ended, or the last one seen
+        when that takes longer than the policy's cancel_wait."""
+        p, clock = self.policy, self.clock
+        deadline = clock.monotonic() + p.cancel_wait
+        delay, largest = p.cancel_backoff
+        status = last
+        while clock.monotonic() < deadline:
+            clock.sleep(delay)
+            delay = min(delay * 2, largest)
+            status = self.status() or status
+            if status.state.is_final:
+                break
+        return status
