@@ -99,11 +99,17 @@ class Credentials:
 
 def _load(path: Path, passphrase: str | None = None) -> paramiko.PKey:
     try:
-        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+        return paramiko.PKey.from_path(path, None if passphrase is None else passphrase.encode())
     except FileNotFoundError as exc:
         raise AuthenticationFailed(f"identity file {path} does not exist") from exc
     except paramiko.PasswordRequiredException:
         raise
+    except TypeError as exc:
+        # paramiko >= 3 loads keys with `cryptography`, which says "Key is password-protected, but
+        # password was not provided." as a TypeError, not paramiko's PasswordRequiredException.
+        if passphrase is None:
+            raise paramiko.PasswordRequiredException(str(exc)) from exc
+        raise AuthenticationFailed(f"cannot read identity file {path}: wrong passphrase?") from exc
     except (paramiko.SSHException, ValueError, OSError) as exc:
         if passphrase is not None:
             raise AuthenticationFailed(f"cannot read identity file {path}: wrong passphrase?") from exc

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+from paramiko.pkey import UnknownKeyType
 
 from hpcnb.errors import HostKeyError
 
@@ -125,8 +126,8 @@ def _parse_line(path: str, lineno: int, line: str) -> KnownHost | None:
     patterns, key_type, blob = fields[0], fields[1], fields[2]
     try:
         key = paramiko.PKey.from_type_string(key_type, base64.b64decode(blob))
-    except (binascii.Error, ValueError, paramiko.SSHException):
-        return None  # unknown key type or damaged line: OpenSSH skips it too
+    except (binascii.Error, ValueError, paramiko.SSHException, UnknownKeyType):
+        return None  # unknown key type (ssh-dss, sk-*) or damaged line: OpenSSH skips it too
     return KnownHost(path, lineno, tuple(patterns.split(",")), key, revoked)
 
 

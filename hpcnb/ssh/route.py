@@ -60,14 +60,18 @@ class Hop:
     known_hosts: tuple[str, ...]  # checked in order; the first receives accepted keys
     accept_new: bool
     keepalive: int  # seconds; 0: off
-    key_host: str  # HostKeyAlias, else hostname: the name its host key is looked up under
+    host_key_alias: str | None  # HostKeyAlias: the name its host key is recorded under, as written
     proxy_command: str | None = None  # first hop only
     connect_timeout: float | None = None
     allow_agent: bool = True
 
     @property
     def key_names(self) -> tuple[str, ...]:
-        return (hostkeys.host_key_name(self.key_host, self.port),)
+        # OpenSSH looks a HostKeyAlias up as written, with no [ ]:port (sshconnect.c,
+        # get_hostfile_hostname_ipaddr); otherwise `host`, or `[host]:port` off port 22.
+        if self.host_key_alias:
+            return (self.host_key_alias,)
+        return (hostkeys.host_key_name(self.hostname, self.port),)
 
 
 def direct_hop(host: str, port: int, user: str, identity_files: Sequence[str],
@@ -75,7 +79,7 @@ def direct_hop(host: str, port: int, user: str, identity_files: Sequence[str],
     """A hop straight to host:port, with no ~/.ssh/config (hpcnb.ssh.SSHRemote.connect)."""
     return Hop(alias=host, hostname=host, port=port, user=user, identity_files=tuple(identity_files),
                identities_only=False, known_hosts=tuple(known_hosts), accept_new=accept_new,
-               keepalive=DEFAULT_KEEPALIVE_S, key_host=host, allow_agent=allow_agent)
+               keepalive=DEFAULT_KEEPALIVE_S, host_key_alias=None, allow_agent=allow_agent)
 
 
 def _words(value: Any) -> list[str]:
@@ -90,7 +94,7 @@ def _yes(value: Any) -> bool:
     return str(value).lower() in {"yes", "true"}
 
 
-_JUMP_RE = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
+_JUMP_RE = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?$")
 
 
 def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
@@ -141,21 +145,23 @@ def _hop(config: paramiko.SSHConfig, name: str, *, user: str | None, port: int |
         known_hosts=tuple(dict.fromkeys(files)),
         accept_new=defaults.accept_new or str(opts.get("stricthostkeychecking", "")).lower() == "accept-new",
         keepalive=keepalive,
-        key_host=alias or hostname,
+        host_key_alias=alias or None,
         connect_timeout=timeout,
     )
-    jump = [j for j in str(opts.get("proxyjump", "")).split(",") if j.strip()]
-    command = opts.get("proxycommand")
-    if jump and jump[0].strip().lower() == "none":
-        jump = []
-    if command and command.strip().lower() == "none":
-        command = None
-    if jump and command:  # both set: the first one obtained wins (ssh_config(5))
+    jump_spec, command = opts.get("proxyjump"), opts.get("proxycommand")
+    if "proxyjump" in opts and "proxycommand" in opts:
+        # Both set: the first one obtained wins (ssh_config(5)), `none` too (paramiko keeps the
+        # key with the value None for `ProxyCommand none`).
         keys = list(opts)
         if keys.index("proxyjump") < keys.index("proxycommand"):
             command = None
         else:
-            jump = []
+            jump_spec = None
+    jump = [j for j in str(jump_spec or "").split(",") if j.strip()]
+    if jump and jump[0].strip().lower() == "none":
+        jump = []
+    if command and command.strip().lower() == "none":
+        command = None
     return hop, jump, command
 
 
