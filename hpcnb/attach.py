@@ -70,9 +70,9 @@ def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], 
     return Far(route, route.login, route.close)
 
 
-def check_answers(local_port: int, handshake: Handshake, timeout: float = ANSWER_TIMEOUT_S) -> None:
+def check_answers(local_port: int, handshake: Handshake, timeout: float | None = None) -> None:
     """GET /api/status through the tunnel: the URL we print must already work."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (ANSWER_TIMEOUT_S if timeout is None else timeout)
     last: Exception | None = None
     while time.monotonic() < deadline:
         conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=10)

@@ -6,7 +6,7 @@ render.py inlines this file into the script (a quoted heredoc, so nothing in it 
 It reads ONLY os.environ (HPCNB_* set by the body), uses only the standard library, and must run
 on the node's python3 >= 3.6 (old system Pythons exist on clusters): no walrus, no generics.
 
-What it does (the job <-> hpcnb handshake, see DESIGN.md):
+What it does (the job <-> hpcnb handshake, docs/architecture.md "The handshake"):
   token -> 0600 file; bind address per tunnel mode; start Jupyter (argv list, token in env only);
   poll GET /api until it answers; write connection.json atomically (0600); forward
   SIGTERM/SIGINT/SIGHUP to Jupyter; on any exit write `ended`.

@@ -143,13 +143,20 @@ class Scheduler(ABC):
     def cancel_argv(self, job_id: str) -> list[str]:
         """The command that cancels one job."""
 
-    @abstractmethod
+    # What the scheduler's commands print (matched lower case) when its controller does not answer,
+    # and when the asked-for job ids are unknown.
+    controller_down: tuple[str, ...] = ()
+    unknown_job: tuple[str, ...] = ()
+
     def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
         """The command failed because the controller/server did not answer: state is UNKNOWN."""
+        text = result_stderr.lower()
+        return exit_status != 0 and any(s in text for s in self.controller_down)
 
-    @abstractmethod
     def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
         """The command failed only because (all) the asked-for job ids are unknown."""
+        text = stderr.lower()
+        return any(s in text for s in self.unknown_job)
 
 
 # ---- small helpers shared by the parsers and formatters ------------------------------------------

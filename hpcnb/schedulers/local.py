@@ -31,6 +31,7 @@ class LocalScheduler(Scheduler):
 
     name = "local"
     template = "local.sh.j2"
+    unknown_job = ("unknown job id",)  # what hpcnb.localjob prints; there is no controller
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
@@ -77,9 +78,3 @@ class LocalScheduler(Scheduler):
 
     def cancel_argv(self, job_id: str) -> list[str]:
         return self._argv("cancel", *check_ids([job_id]))
-
-    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
-        return False   # there is no controller
-
-    def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
-        return "unknown job id" in stderr.lower()

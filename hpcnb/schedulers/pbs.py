@@ -208,6 +208,8 @@ class PBSScheduler(Scheduler):
 
     name = "pbs"
     template = "pbs.sh.j2"
+    controller_down = CONTROLLER_DOWN
+    unknown_job = UNKNOWN_JOB
     directive_prefix = "#PBS"
     partition_flags = ("-q",)
     account_flags = ("-A", "-P")  # -P: NCI Gadi's project
@@ -264,12 +266,7 @@ class PBSScheduler(Scheduler):
     def cancel_argv(self, job_id: str) -> list[str]:
         return ["qdel", check_ids([job_id])[0]]
 
-    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
-        text = result_stderr.lower()
-        return exit_status != 0 and any(s in text for s in CONTROLLER_DOWN)
-
     def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
-        text = stderr.lower()
-        if any(s in text for s in UNKNOWN_JOB):
+        if super().is_unknown_job_error(stderr, exit_status):
             return True
-        return exit_status == EXIT_UNKNOWN_JOB and not text.strip()
+        return exit_status == EXIT_UNKNOWN_JOB and not stderr.strip()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from hpcnb.schedulers.base import JobState, JobStatus, Scheduler, check_ids, hms, parse_duration, size
@@ -92,6 +92,15 @@ def first_host(hostlist: str) -> str | None:
     return (prefix + suffix) or None
 
 
+def _rows(stdout: str, fields: Sequence[str]) -> Iterator[list[str]]:
+    """The '|'-separated lines of our own format, stripped; the last field (the job name, the only
+    free text) may hold '|'. Lines not in our format (a warning) are skipped: never guess."""
+    for line in stdout.splitlines():
+        parts = line.split("|", len(fields) - 1)
+        if line.strip() and len(parts) == len(fields):
+            yield [p.strip() for p in parts]
+
+
 def slurm_time(seconds: int) -> str:
     """sbatch --time: HH:MM:SS below a day, D-HH:MM:SS from a day on (sbatch(1) --time)."""
     days, rest = divmod(int(seconds), 86400)
@@ -119,6 +128,8 @@ class SlurmScheduler(Scheduler):
 
     name = "slurm"
     template = "slurm.sh.j2"
+    controller_down = CONTROLLER_DOWN
+    unknown_job = UNKNOWN_JOB
     directive_prefix = "#SBATCH"
     partition_flags = ("--partition", "--qos")  # --qos: sites that select by QOS (NERSC)
     account_flags = ("--account",)
@@ -182,13 +193,7 @@ class SlurmScheduler(Scheduler):
 
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:
         jobs: dict[str, JobStatus] = {}
-        for line in stdout.splitlines():
-            if not line.strip():
-                continue
-            parts = line.split("|", len(SQUEUE_FIELDS) - 1)
-            if len(parts) != len(SQUEUE_FIELDS):
-                continue   # not our format (a warning line); never guess
-            job_id, raw, partition, nodes, left, reason, start, name = (p.strip() for p in parts)
+        for job_id, raw, partition, nodes, left, reason, start, name in _rows(stdout, SQUEUE_FIELDS):
             state = map_state(raw)
             jobs[job_id] = JobStatus(
                 job_id=job_id, state=state, raw_state=raw, name=name or None,
@@ -209,13 +214,7 @@ class SlurmScheduler(Scheduler):
 
     def parse_history(self, stdout: str) -> dict[str, JobStatus]:
         jobs: dict[str, JobStatus] = {}
-        for line in stdout.splitlines():
-            if not line.strip():
-                continue
-            parts = line.split("|", len(SACCT_FIELDS) - 1)
-            if len(parts) != len(SACCT_FIELDS):
-                continue
-            job_id, raw, partition, nodes, exit_code, reason, name = (p.strip() for p in parts)
+        for job_id, raw, partition, nodes, exit_code, reason, name in _rows(stdout, SACCT_FIELDS):
             jobs[job_id] = JobStatus(
                 job_id=job_id, state=map_state(raw), raw_state=raw, name=name or None,
                 partition=_value(partition), node=first_host(nodes), reason=_value(reason),
@@ -230,10 +229,3 @@ class SlurmScheduler(Scheduler):
     def cancel_argv(self, job_id: str) -> list[str]:
         return ["scancel", check_ids([job_id])[0]]
 
-    def controller_unavailable(self, result_stderr: str, exit_status: int) -> bool:
-        text = result_stderr.lower()
-        return exit_status != 0 and any(s in text for s in CONTROLLER_DOWN)
-
-    def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
-        text = stderr.lower()
-        return any(s in text for s in UNKNOWN_JOB)
