@@ -67,14 +67,14 @@ class BatchSystem:
         remote = remote or self._remote()
         sched = self.scheduler
         result = remote.run(sched.status_argv(ids, self.user))
-        statuses: dict[str, JobStatus] = {}
-        if result.exit_status == 0:
-            statuses = {k: v for k, v in sched.parse_status(result.stdout).items() if k in ids}
-        elif sched.controller_unavailable(result.stderr, result.exit_status):
+        if sched.controller_unavailable(result.stderr, result.exit_status):
             self.notify(f"the {sched.name} controller does not answer; will keep trying")
             return {i: unknown(i, result.stderr) for i in ids}
-        elif not sched.is_unknown_job_error(result.stderr, result.exit_status):
+        if result.exit_status != 0 and not sched.is_unknown_job_error(result.stderr, result.exit_status):
             raise self.command_error(result, "job status query failed")
+        # An unknown id fails the whole command (PBS qstat exits 153), but the jobs it knows are
+        # still printed: keep them.
+        statuses = {k: v for k, v in sched.parse_status(result.stdout).items() if k in ids}
         missing = [i for i in ids if i not in statuses]
         history = sched.history_argv(missing) if missing else None
         if history:
@@ -85,11 +85,10 @@ class BatchSystem:
                  ) -> dict[str, JobStatus]:
         sched = self.scheduler
         past = remote.run(argv)
-        if past.exit_status == 0:
-            return {k: v for k, v in sched.parse_history(past.stdout).items() if k in ids}
         if sched.controller_unavailable(past.stderr, past.exit_status):
             return {i: unknown(i, past.stderr) for i in missing}
-        if (sched.history_unsupported(past.stderr, past.exit_status)
-                or sched.is_unknown_job_error(past.stderr, past.exit_status)):
+        if sched.history_unsupported(past.stderr, past.exit_status):
             return {}
-        raise self.command_error(past, "job history query failed")
+        if past.exit_status != 0 and not sched.is_unknown_job_error(past.stderr, past.exit_status):
+            raise self.command_error(past, "job history query failed")
+        return {k: v for k, v in sched.parse_history(past.stdout).items() if k in ids}

@@ -29,7 +29,7 @@ from hpcnb.remote import LocalRemote, Remote
 from hpcnb.request import JobRequest, build_request
 from hpcnb.schedulers import JobStatus, get_scheduler
 from hpcnb.session import Session
-from hpcnb.store import SessionRecord, Store
+from hpcnb.store import ENDED, SessionRecord, Store
 
 Notify = Callable[[str], None]
 
@@ -182,6 +182,6 @@ class Cluster:
                 if status is not None:
                     self.record(status)
                 else:  # neither the queue nor the history knows it: it ended long ago
-                    self.store.update_status(self.name, job_id, state="ended", time_left_s=None,
+                    self.store.update_status(self.name, job_id, state=ENDED, time_left_s=None,
                                              ended_at=time.time())
         return self.store.list(self.name, include_ended=include_ended)

@@ -19,7 +19,9 @@ from hpcnb.schedulers.base import JobState
 
 BUSY_TIMEOUT_S = 10.0
 
-FINAL_STATES = frozenset(state.value for state in JobState if state.is_final)
+# A job's final states, and "ended": a job that neither the queue nor the history knows any more.
+ENDED = "ended"
+FINAL_STATES = frozenset({*(state.value for state in JobState if state.is_final), ENDED})
 
 
 @dataclass(frozen=True)

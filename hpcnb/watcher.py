@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hpcnb import handshake as hs
 from hpcnb.batch import BatchSystem
@@ -131,20 +131,23 @@ class JobWatcher:
         next_query, polls, misses = started, 0, 0
         status: JobStatus | None = None
         running_since: float | None = None
+        ended_asked = False  # the scheduler was asked (once, at once) why the notebook ended
         while True:
             now = clock.monotonic()
-            found = hs.read_handshake(self._remote(), self.job_id)
+            # `ended` first: a stopped notebook leaves its connection.json behind.
+            ended = hs.read_ended(self._remote(), self.job_id)
+            found = hs.read_handshake(self._remote(), self.job_id) if ended is False else None
             if found:
                 on_event(WaitEvent("ready", status, now - started))
-                self.record(JobStatus(self.job_id, JobState.RUNNING, "RUNNING",
-                                      node=status.node if status else None))
+                self.record(replace(status, state=JobState.RUNNING, raw_state="RUNNING") if status
+                            else JobStatus(self.job_id, JobState.RUNNING, "RUNNING"))
                 return found
-            ended = hs.read_ended(self._remote(), self.job_id)
             if ended == START_TIMEOUT_EXIT:
                 raise StartTimeout(
                     f"job {self.job_id}: Jupyter did not answer within {self.start_timeout} s of "
                     "starting; the job has stopped", hint=logs_hint(self.job_id, self.batch.cluster))
-            if now >= next_query or ended is not False:
+            if now >= next_query or (ended is not False and not ended_asked):
+                ended_asked = ended is not False
                 status = self.status()
                 misses = misses + 1 if status is None else 0
                 self._check_waiting(status, ended, misses)
@@ -190,17 +193,19 @@ class JobWatcher:
             conn = remote()
             if conn is None:
                 continue  # reconnecting; the tunnel says so
+            ended: int | bool | None = False
+            status = None
             try:
                 ended = hs.read_ended(conn, self.job_id)
-                status = None
                 if ended is not False or clock.monotonic() >= next_status:
                     next_status = clock.monotonic() + p.attached_status
                     status = self.status(conn)
             except HpcnbError as exc:  # a dropped connection, a failed query: say so, look again
                 self.notify(f"could not check the job: {exc}")
-                continue
+                if ended is False:
+                    continue  # the `ended` file wins even when the scheduler cannot say why
             if ended is not False or (status is not None and status.state.is_final):
-                state = status.state.value if status and status.state is not JobState.UNKNOWN else "ended"
+                state = status.state.value if status and status.state.is_final else "ended"
                 raise JobEnded(f"job {self.job_id} has ended ({state}); its notebook is gone",
                                hint=logs_hint(self.job_id, self.batch.cluster))
             left = walltime_end - clock.time() if walltime_end else None
