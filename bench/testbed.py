@@ -172,7 +172,7 @@ def move_stale_sessions() -> int:
 max=$(sacct -a -X -n -P -o JobID -S 2000-01-01 2>/dev/null | grep -Eo '^[0-9]+' | sort -n | tail -1)
 max=${max:-0}; born=$(stat -c %Y /var/tmp/hpcnb-testbed/etc/slurm.conf 2>/dev/null || echo 0)
 n=0; dest=.hpcnb/stale-moved-by-bench-$(date +%s)
-for d in .hpcnb/sessions/*/; do
+for d in .hpcnb/sessions/*/*/; do
   id=$(basename "$d"); case $id in *[!0-9]*) continue;; esac
   [ "$id" -gt "$max" ] || continue
   f=$d/connection.json; [ -e "$f" ] || f=$d/job.log

@@ -102,6 +102,10 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def files(self, job_id: str) -> hs.JobFiles:
+        """Where the job's files are on the cluster (hpcnb.handshake)."""
+        return hs.JobFiles(self.cfg.machine, job_id)
+
     def record(self, status: JobStatus) -> None:
         """A fresh status into this machine's record (a job it does not know is left alone)."""
         self.store.update_status(self.name, status.job_id, state=status.state.value,
@@ -126,7 +130,8 @@ class Cluster:
         job_id = self.batch.submit(self.script(request))
         # A job id can come round again: an older job's handshake must not be read as this one's
         # while it is queued. (The job also removes them when it starts.)
-        self.remote.run(["rm", "-f", hs.connection_path(job_id), hs.ended_path(job_id)])
+        files = self.files(job_id)
+        self.remote.run(["rm", "-f", files.connection, files.ended])
         self._remember(job_id, name=request.name, partition=request.partition, state="pending",
                        node=None, time_left_s=request.walltime_seconds)
         return Session(self, job_id, fresh=True)

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from hpcnb import paths
+from hpcnb import profiles as profile_tables
 from hpcnb.errors import ConfigError
 from hpcnb.names import NAME_RE, NAME_RULE
+from hpcnb.profiles import Profile
 from hpcnb.schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 if sys.version_info >= (3, 11):
@@ -86,6 +88,22 @@ class ClusterConfig:
     account_flag: str | None = None  # slurm: --account ; pbs: -A|-P (NCI Gadi) ; local: None
     gpu_flag: str | None = None  # slurm: --gpus|--gres|--gpus-per-node ; pbs: ngpus|naccelerators
     pbs_resources: str = "select"  # pbs: "select" (-l select=1:ncpus=..) | "flat" (-l ncpus=..)
+    # Site profiles (hpcnb.profiles) and what the site file says about itself:
+    profiles: tuple[Profile, ...] = ()
+    account_example: str | None = None  # what an account looks like at this site
+    jupyter_env: str | None = None  # where `hpcnb jupyter install` puts its env (on the cluster)
+    unverified: tuple[str, ...] = ()  # what the site file could not confirm from the site's docs
+
+    @property
+    def machine(self) -> str:
+        """The machine: the shipped site config this cluster extends, else its own name. It names
+        the session folders on the cluster, so two laptops with different names for one site
+        (both extending it) find the same sessions."""
+        return self.extends or self.name
+
+    def profile(self, name: str | None) -> Profile | None:
+        """The profile called `name`; None when it names none (a plain partition)."""
+        return next((p for p in self.profiles if p.name == name), None)
 
 
 # ---------------------------------------------------------------- per-key checks
@@ -124,6 +142,7 @@ _KIND: dict[str, Callable[[Any], str | None]] = {
     "number": _check_number,
     "bool": _check_bool,
     "strlist": _check_strlist,
+    "table": lambda value: None,  # profiles: checked by hpcnb.profiles
 }
 
 # key -> kind. "name" and "source" are not settable: they come from where the table is.
@@ -135,6 +154,7 @@ _KEYS: dict[str, str] = {
     "walltime_warning": "int", "max_hours": "number", "description": "str", "docs": "str",
     "python": "str", "account_required": "bool", "partition_flag": "str",
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str",
+    "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -169,6 +189,8 @@ def _check_table(
         if key in _PATH_KEYS:
             p = Path(value).expanduser()
             value = str(p if p.is_absolute() else (file.parent / p).resolve())
+        if kind == "table":
+            value = profile_tables.check_tables(value, _where(file, table))
         out[key] = tuple(value) if kind == "strlist" else value
     return out
 
@@ -179,7 +201,8 @@ def _one_of(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
 
 
 def check_script_values(values: Mapping[str, Any], where: str) -> None:
-    """The keys that reach the job script as text: setup, extra_directives, python, notebook_dir.
+    """The keys that reach the job script as text: setup, extra_directives (and the profiles'
+    directives), python, notebook_dir.
 
     Called when a config is loaded and again by render.py (a ClusterConfig can be built in code).
     """
@@ -189,10 +212,13 @@ def check_script_values(values: Mapping[str, Any], where: str) -> None:
         if (len(line) - len(line.rstrip("\\"))) % 2:
             # a line continuation: bash's eval would read the script's next line to finish it
             raise ConfigError(f"{where}: setup line {line!r} must be one line (it ends in a backslash)")
-    for d in values.get("extra_directives") or ():
+    directives = [("extra_directives", d) for d in values.get("extra_directives") or ()]
+    directives += [(f"profiles.{p.name}.directives", d) for p in values.get("profiles") or ()
+                   for d in p.directives]
+    for key, d in directives:
         if not _DIRECTIVE_RE.match(d):
             raise ConfigError(
-                f"{where}: extra_directives entry {d!r} is not a plain option: use --name, --name=VALUE, "
+                f"{where}: {key} entry {d!r} is not a plain option: use --name, --name=VALUE, "
                 "-x or -x VALUE, VALUE of letters, digits and ._:=/@+,%- (no quotes, spaces or newlines)"
             )
     python = values.get("python", "python3")
@@ -238,6 +264,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
         v = values.get(key)
         if v is not None and not NAME_RE.match(v):
             raise ConfigError(f"{where}: {key} {v!r} must be {NAME_RULE}")
+    values["profiles"] = profile_tables.build(values.get("profiles", {}))
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():
         choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)
@@ -318,6 +345,8 @@ def _build(name: str, user: _UserConfig, sites: dict[str, Path]) -> ClusterConfi
                     f"(known: {', '.join(sorted(sites)) or 'none'})"
                 )
             values = _site_cluster(base_name, sites[base_name])
+        if "profiles" in table:  # a user's profiles add to the site's, key by key
+            table["profiles"] = profile_tables.merge(values.get("profiles", {}), table["profiles"])
         values.update(table)
         values["extends"] = base_name
         return _finish(name, values, where, str(user.file))

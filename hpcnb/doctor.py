@@ -210,8 +210,8 @@ def check_jupyter(ctx) -> Check:
     elif result.exit_status == 91:
         fix = f"add a setup line that puts {cfg.python} on PATH (module load ..., conda activate ...)"
     else:
-        fix = (f"install Jupyter where the setup lines point: {cfg.python} -m pip install --user "
-               f"jupyterlab (or a conda env with jupyterlab, activated in `setup`)")
+        fix = (f"run `hpcnb jupyter install --cluster {cfg.name}`: it makes a Python env with "
+               "JupyterLab where the site recommends and adds it to your config's `setup`")
     return failed("jupyter", detail, fix)
 
 

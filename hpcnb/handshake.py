@@ -1,11 +1,14 @@
 """The job -> hpcnb handshake: where the job's files are, what connection.json holds, reading them.
 
 The job (templates/_body.sh.j2 and templates/launcher.py) writes, in the user's home on the
-cluster's shared file system:
+cluster's shared file system, in .hpcnb/sessions/<cluster>/<job id>/:
 
-    .hpcnb/sessions/<job id>/connection.json   once Jupyter answers (atomic rename, mode 0600)
-    .hpcnb/sessions/<job id>/ended             when the job's notebook stops, for any reason
-    .hpcnb/sessions/<job id>/job.log           everything the job prints
+    connection.json   once Jupyter answers (atomic rename, mode 0600)
+    ended             when the job's notebook stops, for any reason
+    job.log           everything the job prints
+
+<cluster> is the machine's name in hpcnb (the shipped site config a cluster extends, else its
+own name): two clusters that share a home (and job ids) never share a session folder.
 
 hpcnb reads them over the login connection, so any laptop can attach at any time. No log
 scraping, and no `jupyter server list` on a login node.
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from hpcnb.errors import HpcnbError, UsageError
+from hpcnb.names import NAME_RE, NAME_RULE
 
 if TYPE_CHECKING:
     from hpcnb.remote import Remote
@@ -39,20 +43,33 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def session_dir(job_id: str) -> str:
-    return f"{SESSIONS_DIR}/{check_job_id(job_id)}"
+@dataclass(frozen=True)
+class JobFiles:
+    """Where one job's files are on the cluster, relative to the user's home."""
 
+    machine: str  # a cluster name (hpcnb.names), so a safe path part
+    job_id: str
 
-def connection_path(job_id: str) -> str:
-    return f"{session_dir(job_id)}/connection.json"
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id)
+        if not NAME_RE.match(self.machine):
+            raise UsageError(f"{self.machine!r} is not a cluster name ({NAME_RULE})")
 
+    @property
+    def folder(self) -> str:
+        return f"{SESSIONS_DIR}/{self.machine}/{self.job_id}"
 
-def ended_path(job_id: str) -> str:
-    return f"{session_dir(job_id)}/ended"
+    @property
+    def connection(self) -> str:
+        return f"{self.folder}/connection.json"
 
+    @property
+    def ended(self) -> str:
+        return f"{self.folder}/ended"
 
-def log_path(job_id: str) -> str:
-    return f"{session_dir(job_id)}/job.log"
+    @property
+    def log(self) -> str:
+        return f"{self.folder}/job.log"
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,7 @@ def parse_handshake(data: bytes, job_id: str) -> Handshake:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise HpcnbError(
-            f"job {job_id}: {connection_path(job_id)} is not a valid handshake ({exc})",
+            f"job {job_id}: its connection.json is not a valid handshake ({exc})",
             hint=f"see `hpcnb logs {job_id}`",
         ) from exc
 
@@ -121,31 +138,31 @@ def _float(value: object) -> float | None:
 # ---- reading them over a Remote (the login connection, or this machine) -------------------------
 
 
-def read_handshake(remote: Remote, job_id: str) -> Handshake | None:
+def read_handshake(remote: Remote, files: JobFiles) -> Handshake | None:
     """The notebook's handshake; None until the job has written it."""
     try:
-        data = remote.read_file(connection_path(job_id))
+        data = remote.read_file(files.connection)
     except FileNotFoundError:
         return None
-    return parse_handshake(data, job_id)
+    return parse_handshake(data, files.job_id)
 
 
-def read_ended(remote: Remote, job_id: str) -> int | bool | None:
+def read_ended(remote: Remote, files: JobFiles) -> int | bool | None:
     """False while the job's notebook runs; else the exit code it recorded (or None)."""
     try:
-        return parse_ended(remote.read_file(ended_path(job_id)))
+        return parse_ended(remote.read_file(files.ended))
     except FileNotFoundError:
         return False
 
 
-def read_log(remote: Remote, job_id: str) -> bytes | None:
+def read_log(remote: Remote, files: JobFiles) -> bytes | None:
     """Everything the job has printed so far; None before it started."""
     try:
-        return remote.read_file(log_path(job_id))
+        return remote.read_file(files.log)
     except FileNotFoundError:
         return None
 
 
-def log_tail(remote: Remote, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
-    text = (read_log(remote, job_id) or b"").decode(errors="replace")
+def log_tail(remote: Remote, files: JobFiles, lines: int = LOG_TAIL_LINES) -> str:
+    text = (read_log(remote, files) or b"").decode(errors="replace")
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])

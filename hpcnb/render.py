@@ -64,7 +64,8 @@ def environment(cfg: ClusterConfig) -> jinja2.Environment:
 
 def _check_cfg(cfg: ClusterConfig) -> None:
     """Config values that reach the script, checked again: a ClusterConfig can be built in code."""
-    values = {key: getattr(cfg, key) for key in ("setup", "extra_directives", "python", "notebook_dir")}
+    keys = ("setup", "extra_directives", "profiles", "python", "notebook_dir")
+    values = {key: getattr(cfg, key) for key in keys}
     check_script_values(values, f"{cfg.source} [{cfg.name}]")
 
 

@@ -18,6 +18,7 @@ from hpcnb.names import NAME_RE, NAME_RULE
 
 if TYPE_CHECKING:
     from hpcnb.config import ClusterConfig
+    from hpcnb.profiles import Profile
 
 MAX_SECONDS = 365 * 86400
 MAX_COUNT = 4096
@@ -45,6 +46,12 @@ class JobRequest:
     mem_mb: int | None = None
     gpus: int | None = None
     notebook_dir: str | None = None
+    # From the site profile the partition named (hpcnb.profiles), if it named one:
+    profile: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    resources: tuple[tuple[str, str], ...] = ()
+    directives: tuple[str, ...] = ()
 
 
 def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
@@ -137,6 +144,69 @@ def _notebook_dir(value: Any) -> str:
     return value
 
 
+def _where(cfg: ClusterConfig, profile: Profile | None) -> str:
+    """How a limit's owner is named in a refusal: the cluster, its profile, the doc to read."""
+    what = f"profile {profile.name!r} of cluster {cfg.name}" if profile else f"cluster {cfg.name}"
+    docs = (profile.docs if profile else None) or cfg.docs
+    return what + (f" (see {docs})" if docs else "")
+
+
+def _refused_flags(cfg: ClusterConfig, profile: Profile | None, given: dict[str, Any]) -> None:
+    """Flags the site refuses on this profile (TACC refuses --mem), named with the doc to read."""
+    for flag in profile.refuse if profile else ():
+        if given.get(flag) is not None:
+            raise UsageError(f"--{flag} {given[flag]!r} is not accepted by {_where(cfg, profile)}: "
+                             "leave it out (the profile sets it)")
+
+
+def _walltime(cfg: ClusterConfig, profile: Profile | None, hours: Any, time: str | None) -> int:
+    if hours is not None and time is not None:
+        raise UsageError(f"--hours {hours!r} and --time {time!r} both given: use one of them")
+    seconds = parse_time(time) if time is not None else parse_hours(DEFAULT_HOURS if hours is None else hours)
+    limit = (profile.max_hours if profile else None) or cfg.max_hours
+    if limit is not None and seconds > limit * 3600:
+        flag, value = ("--time", time) if time is not None else ("--hours", hours)
+        raise _refuse(flag, value, f"at most {limit:g} hours on {_where(cfg, profile)}")
+    return seconds
+
+
+def _sizes(cfg: ClusterConfig, profile: Profile | None, cpus: Any, mem: Any, gpus: Any
+           ) -> tuple[int | None, int | None, int | None]:
+    """(cpus, mem_mb, gpus): the user's, else the profile's defaults; within the profile's limits."""
+    n_gpus = _count("--gpus", gpus) if gpus is not None else (profile.gpus if profile else None)
+    if profile is not None and n_gpus:
+        if not profile.has_gpus:
+            raise _refuse("--gpus", gpus, f"{_where(cfg, profile)} has no GPUs (a GPU profile does)")
+        if n_gpus > profile.max_gpus:
+            raise _refuse("--gpus", gpus, f"at most {profile.max_gpus} on {_where(cfg, profile)}")
+    n_cpus = _count("--cpus", cpus) if cpus is not None else None
+    mem_mb = parse_mem(mem) if mem is not None else None
+    if profile is not None:
+        per_gpu = n_gpus or 1
+        if n_cpus is None:
+            n_cpus = profile.cpus or (profile.cpus_per_gpu * per_gpu if profile.cpus_per_gpu else None)
+        if mem_mb is None and (profile.mem or profile.mem_per_gpu):
+            mem_mb = parse_mem(profile.mem) if profile.mem else parse_mem(profile.mem_per_gpu) * per_gpu
+        if profile.max_cpus and n_cpus and n_cpus > profile.max_cpus:
+            raise _refuse("--cpus", cpus, f"at most {profile.max_cpus} on {_where(cfg, profile)}")
+    return n_cpus, mem_mb, n_gpus
+
+
+def _account(cfg: ClusterConfig, profile: Profile | None, account: str | None) -> str | None:
+    acct = account if account is not None else cfg.account
+    if acct is None:
+        if cfg.account_required:
+            example = f"; an account here looks like {cfg.account_example}" if cfg.account_example else ""
+            raise UsageError(f'cluster {cfg.name} needs --account (or account = "..." in its config)'
+                             + example + (f"; see {cfg.docs}" if cfg.docs else ""))
+        return None
+    acct = _sched_name("--account", acct)
+    suffix = profile.account_suffix if profile else None
+    if suffix and not acct.endswith(suffix):  # NERSC: GPU jobs charge the project's _g account
+        acct = _sched_name("--account", acct + suffix)
+    return acct
+
+
 def build_request(
     cfg: ClusterConfig,
     *,
@@ -150,29 +220,28 @@ def build_request(
     name: str | None = None,
     notebook_dir: str | None = None,
 ) -> JobRequest:
-    """Validate the user's values (falling back to cfg's defaults) into a JobRequest."""
-    if hours is not None and time is not None:
-        raise UsageError(f"--hours {hours!r} and --time {time!r} both given: use one of them")
-    default = DEFAULT_HOURS if hours is None else hours
-    seconds = parse_time(time) if time is not None else parse_hours(default)
-    if cfg.max_hours is not None and seconds > cfg.max_hours * 3600:
-        flag, value = ("--time", time) if time is not None else ("--hours", hours)
-        raise _refuse(flag, value, f"at most {cfg.max_hours:g} hours on cluster {cfg.name}")
-    part = partition if partition is not None else cfg.partition
-    acct = account if account is not None else cfg.account
-    if acct is None and cfg.account_required:
-        raise UsageError(
-            f'cluster {cfg.name} needs --account (or account = "..." in its config)'
-            + (f"; see {cfg.docs}" if cfg.docs else "")
-        )
+    """Validate the user's values (falling back to cfg's defaults) into a JobRequest. A partition
+    that names one of the site's profiles (hpcnb.profiles) brings that profile's recipe, defaults
+    and limits; anything over a limit is refused here, before anything is submitted."""
+    chosen = partition if partition is not None else cfg.partition
+    profile = cfg.profile(chosen)
+    _refused_flags(cfg, profile, {"mem": mem, "cpus": cpus, "gpus": gpus, "account": account})
+    seconds = _walltime(cfg, profile, hours, time)
+    n_cpus, mem_mb, n_gpus = _sizes(cfg, profile, cpus, mem, gpus)
+    part = profile.partition if profile is not None else chosen
     nb = notebook_dir if notebook_dir is not None else cfg.notebook_dir
     return JobRequest(
         name=_sched_name("--name", "hpcnb" if name is None else name),
         walltime_seconds=seconds,
         partition=None if part is None else _sched_name("--partition", part),
-        account=None if acct is None else _sched_name("--account", acct),
-        cpus=None if cpus is None else _count("--cpus", cpus),
-        mem_mb=None if mem is None else parse_mem(mem),
-        gpus=None if gpus is None else _count("--gpus", gpus),
+        account=_account(cfg, profile, account),
+        cpus=n_cpus,
+        mem_mb=mem_mb,
+        gpus=n_gpus,
         notebook_dir=None if nb is None else _notebook_dir(nb),
+        profile=profile.name if profile else None,
+        qos=profile.qos if profile else None,
+        constraint=profile.constraint if profile else None,
+        resources=profile.resources if profile else (),
+        directives=profile.directives if profile else (),
     )

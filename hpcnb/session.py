@@ -38,6 +38,7 @@ class Session:
     def __init__(self, cluster: Cluster, job_id: str, *, status: JobStatus | None = None,
                  fresh: bool = False) -> None:
         self.cluster, self.job_id = cluster, hs.check_job_id(job_id)
+        self.files = cluster.files(job_id)
         self.status = status
         self._fresh = fresh  # just submitted: nothing of it can be up yet
         self._handshake: hs.Handshake | None = None
@@ -60,7 +61,7 @@ class Session:
 
     def watcher(self) -> JobWatcher:
         cluster = self.cluster
-        return JobWatcher(self.job_id, cluster.batch, lambda: cluster.remote,
+        return JobWatcher(self.files, cluster.batch, lambda: cluster.remote,
                           start_timeout=cluster.cfg.start_timeout, record=self._record,
                           notify=cluster.notify)
 
@@ -75,8 +76,8 @@ class Session:
         each step of a wait (queued with the reason and expected start, starting, ready)."""
         remote = self.cluster.remote
         if not self._fresh:
-            found = hs.read_handshake(remote, self.job_id)
-            if found is not None and hs.read_ended(remote, self.job_id) is False:
+            found = hs.read_handshake(remote, self.files)
+            if found is not None and hs.read_ended(remote, self.files) is False:
                 self._handshake = found
                 return found
         self._handshake = self.watcher().wait_ready(on_event)
@@ -120,7 +121,7 @@ class Session:
         if follow:
             yield from self.watcher().follow_log()
             return
-        data = hs.read_log(self.cluster.remote, self.job_id)
+        data = hs.read_log(self.cluster.remote, self.files)
         if data is None:
             raise HpcnbError(f"job {self.job_id} has no output yet ({self.refresh().state.value})")
         if data:

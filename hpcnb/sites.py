@@ -39,6 +39,27 @@ def shipped_sites() -> list[dict[str, Any]]:
     return rows
 
 
+def site_details(name: str) -> dict[str, Any]:
+    """One cluster as hpcnb will use it (the shipped site file with your config's changes): its
+    profiles with their limits, the account rule, setup, and what its file could not verify."""
+    from hpcnb.config import load_cluster
+    from hpcnb.profiles import summary
+
+    cfg = load_cluster(name)
+    return {
+        "name": cfg.name, "scheduler": cfg.scheduler, "login_host": cfg.login_host,
+        "description": cfg.description, "docs": cfg.docs, "source": cfg.source,
+        "default": cfg.partition, "max_hours": cfg.max_hours,
+        "account_required": cfg.account_required, "account_example": cfg.account_example,
+        "setup": list(cfg.setup), "jupyter_env": cfg.jupyter_env, "unverified": list(cfg.unverified),
+        "profiles": [{"name": p.name, "description": p.description, "partition": p.partition,
+                      "qos": p.qos, "constraint": p.constraint, "account_suffix": p.account_suffix,
+                      "max_gpus": p.max_gpus, "max_hours": p.max_hours or cfg.max_hours,
+                      "refuse": list(p.refuse), "docs": p.docs, "summary": summary(p)}
+                     for p in cfg.profiles],
+    }
+
+
 def _q(value: str) -> str:
     """A TOML basic string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -127,3 +148,39 @@ def init(cluster: str | None, site_name: str | None, force: bool) -> tuple[Path,
     write_config(starter_config(name, site), target, force)
     load_cluster(name)  # what we wrote must load (a ConfigError here is a bug worth seeing)
     return target, name
+
+
+def _setup_assignment(setup: list[str]) -> str:
+    return "setup = [" + ", ".join(_q(line) for line in setup) + "]  # written by `hpcnb jupyter install`"
+
+
+def record_setup(cluster: str, setup: list[str]) -> Path:
+    """Set `setup` of [clusters.CLUSTER] in the user's config file (made if missing; the old file
+    kept as .bak). A shipped site's name gets a table that refines it. The result must load with
+    exactly these lines, else nothing is written and the error says what to add by hand."""
+    from hpcnb.config import load_cluster
+
+    target = paths.user_config_file()
+    text = target.read_text(encoding="utf-8") if target.exists() else _HEADER
+    key = cluster if re.fullmatch(r"[A-Za-z0-9_-]+", cluster) else _q(cluster)
+    header = re.compile(rf'^\[\s*clusters\.(?:{re.escape(cluster)}|"{re.escape(cluster)}")\s*\]\s*$', re.M)
+    found = header.search(text)
+    if found is None:
+        new = text.rstrip("\n") + f"\n\n[clusters.{key}]\n{_setup_assignment(setup)}\n"
+    else:
+        end_match = re.compile(r"^\s*\[", re.M).search(text, found.end())
+        end = end_match.start() if end_match else len(text)
+        body = re.sub(r"^\s*setup\s*=\s*\[.*?\]\s*(#[^\n]*)?(\n|\Z)", "", text[found.end():end],
+                      count=1, flags=re.M | re.S)
+        new = text[:found.end()] + "\n" + _setup_assignment(setup) + body.rstrip("\n") + "\n" + \
+            ("\n" + text[end:] if end < len(text) else "")
+    try:
+        parsed = tomllib.loads(new)["clusters"][cluster]["setup"]
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        parsed = exc
+    if parsed != setup:
+        raise ConfigError(f"could not update {target} by itself",
+                          hint=f"under [clusters.{key}] set: {_setup_assignment(setup)}")
+    write_config(new, target, force=True)
+    load_cluster(cluster)  # what we wrote must load
+    return target

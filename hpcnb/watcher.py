@@ -29,6 +29,9 @@ from hpcnb.schedulers import JobState, JobStatus
 
 # The launcher's exit code when Jupyter never answered within start_timeout (templates/launcher.py).
 START_TIMEOUT_EXIT = 124
+# The job script's exit code when it cannot make its session folder (templates/_body.sh.j2): the
+# job then has nowhere to write, so this is the only way to tell the user why.
+SESSION_DIR_EXIT = 70
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class WaitEvent:
     elapsed: float
 
 
+def _exit_number(exit_code: str | None) -> int | None:
+    """'70:0' (Slurm: code:signal), '70' (PBS, local) -> 70."""
+    head = (exit_code or "").split(":", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
+
 def _phase(status: JobStatus | None) -> str:
     if status is not None and status.state is JobState.RUNNING:
         return "starting"
@@ -89,11 +98,12 @@ def _ignore(*_args: object) -> None:
 class JobWatcher:
     """Waits on one job over a cluster's connection; records each status it learns."""
 
-    def __init__(self, job_id: str, batch: BatchSystem, remote: Callable[[], Remote], *,
+    def __init__(self, files: hs.JobFiles, batch: BatchSystem, remote: Callable[[], Remote], *,
                  start_timeout: int, record: Callable[[JobStatus], None] = _ignore,
                  notify: Callable[[str], None] = _ignore, policy: PollPolicy | None = None,
                  clock: Clock | None = None) -> None:
-        self.job_id, self.batch, self._remote = job_id, batch, remote
+        self.files, self.job_id = files, files.job_id
+        self.batch, self._remote = batch, remote
         self.start_timeout = start_timeout
         self.record, self.notify = record, notify
         self.policy = policy or PollPolicy()
@@ -115,7 +125,10 @@ class JobWatcher:
         message = f"job {self.job_id} {why}: {state}{detail}"
         if status and status.reason and status.state.is_final:
             message += f", {status.reason}"
-        tail = hs.log_tail(self._remote(), self.job_id)
+        if status and _exit_number(status.exit_code) == SESSION_DIR_EXIT:
+            message += (f"; it could not create ~/{self.files.folder} on the cluster (is your home "
+                        "full or over its quota? see `quota` or your site's disk usage command)")
+        tail = hs.log_tail(self._remote(), self.files)
         if tail:
             message += "\nlast lines of its output:\n" + tail
         return JobEnded(message, hint=None if tail else logs_hint(self.job_id, self.batch.cluster))
@@ -135,8 +148,8 @@ class JobWatcher:
         while True:
             now = clock.monotonic()
             # `ended` first: a stopped notebook leaves its connection.json behind.
-            ended = hs.read_ended(self._remote(), self.job_id)
-            found = hs.read_handshake(self._remote(), self.job_id) if ended is False else None
+            ended = hs.read_ended(self._remote(), self.files)
+            found = hs.read_handshake(self._remote(), self.files) if ended is False else None
             if found:
                 on_event(WaitEvent("ready", status, now - started))
                 self.record(replace(status, state=JobState.RUNNING, raw_state="RUNNING") if status
@@ -196,7 +209,7 @@ class JobWatcher:
             ended: int | bool | None = False
             status = None
             try:
-                ended = hs.read_ended(conn, self.job_id)
+                ended = hs.read_ended(conn, self.files)
                 if ended is not False or clock.monotonic() >= next_status:
                     next_status = clock.monotonic() + p.attached_status
                     status = self.status(conn)
@@ -223,11 +236,11 @@ class JobWatcher:
         offset = 0
         next_status = clock.monotonic() + p.follow_status
         while True:
-            data = hs.read_log(self._remote(), self.job_id) or b""
+            data = hs.read_log(self._remote(), self.files) or b""
             if len(data) > offset:
                 yield data[offset:]
                 offset = len(data)
-            if hs.read_ended(self._remote(), self.job_id) is not False:
+            if hs.read_ended(self._remote(), self.files) is not False:
                 return
             if clock.monotonic() >= next_status:
                 next_status = clock.monotonic() + p.follow_status

@@ -68,6 +68,9 @@ class Launcher:
         self.walltime = int(env.get("HPCNB_WALLTIME_SECONDS", "0"))
         self.job_start = float(env.get("HPCNB_JOB_START") or time.time())
         self.proc = None  # type: subprocess.Popen | None
+        # The user's umask from before the job script made it 077 (for hpcnb's own files): Jupyter
+        # and its kernels get it back, so notebooks are as shareable as the user's other files.
+        self.user_umask = int(env.get("HPCNB_UMASK") or "022", 8)
         self.stop_signal = 0
         self.stop_at = 0.0
         self.tmpdir = ""
@@ -137,21 +140,36 @@ class Launcher:
         return False
 
     # ------------------------------------------------------------ jupyter
+    def app(self) -> str:
+        """The class Jupyter's options go to: ServerApp (jupyter_server: JupyterLab, Notebook 7),
+        or NotebookApp for the classic Notebook 6 (which some sites still install), which
+        ignores every ServerApp option."""
+        if self.jupyter != "notebook":
+            return "ServerApp"
+        try:
+            import notebook
+        except ImportError:
+            return "ServerApp"
+        major = str(getattr(notebook, "__version__", "7")).split(".")[0]
+        return "NotebookApp" if major.isdigit() and int(major) < 7 else "ServerApp"
+
     def argv(self, host: str, port: int, sock: str) -> list:
         exe = shutil.which("jupyter")
         argv = [exe] if exe else [sys.executable, "-m", "jupyter"]
-        argv += [self.jupyter, "--no-browser", "--ServerApp.port_retries=0"]
+        app = self.app()
+        argv += [self.jupyter, "--no-browser", f"--{app}.port_retries=0"]
         if sock:
-            argv += ["--ServerApp.sock=" + sock, "--ServerApp.sock_mode=0600"]
+            argv += [f"--{app}.sock=" + sock, f"--{app}.sock_mode=0600"]
         else:
-            argv += ["--ServerApp.ip=" + host, f"--ServerApp.port={port}"]
+            argv += [f"--{app}.ip=" + host, f"--{app}.port={port}"]
         if os.geteuid() == 0:
             # Cluster jobs never run as root; containers and CI often do. Jupyter refuses root
             # unless told; we tell it, and say so in the log.
             log("running as root: passing --allow-root")
             argv.append("--allow-root")
         if self.notebook_dir:
-            argv.append("--ServerApp.root_dir=" + os.path.expanduser(self.notebook_dir))
+            option = "notebook_dir" if app == "NotebookApp" else "root_dir"
+            argv.append(f"--{app}.{option}=" + os.path.expanduser(self.notebook_dir))
         return argv
 
     def child_env(self, token: str) -> dict:
@@ -249,7 +267,8 @@ class Launcher:
                 port = self.free_port(host)
             argv = self.argv(host, port, sock)
             log("starting (attempt {}): {}".format(attempt, " ".join(argv)))
-            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                         preexec_fn=lambda: os.umask(self.user_umask))
             state = self.wait_ready(host, port, sock, deadline)
             if state == "ready":
                 return host, port, sock

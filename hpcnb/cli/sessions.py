@@ -119,6 +119,7 @@ def submit(cluster: str | None, partition: str | None, hours: str | None, time_:
     request = target.request(partition=partition, hours=hours, time=time_, account=account,
                              cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir)
     if dry_run:
+        _say_profile(target, request.profile)
         click.echo(target.script(request), nl=False)
         return
     sigterm_is_interrupt()
@@ -133,6 +134,15 @@ def submit(cluster: str | None, partition: str | None, hours: str | None, time_:
             say(f"attach: hpcnb attach {session.job_id} --cluster {target.name}")
             return
         _hold(session, port, no_browser, ticker)
+
+
+def _say_profile(target: Cluster, name: str | None) -> None:
+    """Which site profile `--partition` resolved to, and what that means there."""
+    profile = target.cfg.profile(name)
+    if profile is not None:
+        from hpcnb.profiles import summary
+
+        say(f"profile {profile.name} of {target.name}: {summary(profile)}")
 
 
 @click.command()

@@ -62,9 +62,14 @@ def _default_cluster_name() -> str | None:
 
 
 @click.command()
+@click.argument("name", required=False, shell_complete=complete_sites)
 @json_option
-def sites(as_json: bool) -> None:
-    """The site configs shipped with hpcnb (use one with --cluster NAME or `config init --from`)."""
+def sites(name: str | None, as_json: bool) -> None:
+    """The site configs shipped with hpcnb (use one with --cluster NAME or `config init --from`);
+    with NAME, that site's profiles (what `--partition gpu` means there) and limits."""
+    if name is not None:
+        _site(name, as_json)
+        return
     from hpcnb.sites import shipped_sites
 
     rows = shipped_sites()
@@ -74,6 +79,32 @@ def sites(as_json: bool) -> None:
     print_table([[r["name"], r["scheduler"] or "", r["login_host"] or "-", r["description"] or "",
                   r["docs"] or ""] for r in rows],
                 ["NAME", "SCHEDULER", "LOGIN HOST", "DESCRIPTION", "DOCS"])
+
+
+def _site(name: str, as_json: bool) -> None:
+    from hpcnb.sites import site_details
+
+    site = site_details(name)
+    if as_json:
+        print_json(site)
+        return
+    click.echo(f"{site['name']}: {site['description'] or ''}".rstrip())
+    for label, key in (("scheduler", "scheduler"), ("login host", "login_host"), ("docs", "docs"),
+                       ("default profile", "default"), ("account example", "account_example"),
+                       ("jupyter env", "jupyter_env")):
+        if site[key]:
+            click.echo(f"  {label + ':':<17} {site[key]}")
+    click.echo(f"  {'account:':<17} {'required' if site['account_required'] else 'optional'}")
+    for line in site["setup"]:
+        click.echo(f"  {'setup:':<17} {line}")
+    if site["profiles"]:
+        click.echo("")
+        print_table([[p["name"], p["summary"], p["description"] or ""] for p in site["profiles"]],
+                    ["PROFILE", "RESOLVES TO", "DESCRIPTION"])
+    if site["unverified"]:
+        click.echo("\nnot verified against the site's documentation (check before relying on it):")
+        for item in site["unverified"]:
+            click.echo(f"  - {item}")
 
 
 @click.group()
@@ -104,4 +135,39 @@ def config_path() -> None:
     click.echo(str(user_config_file()))
 
 
-COMMANDS = (doctor, sites, config)
+@click.group()
+def jupyter() -> None:
+    """The Jupyter your jobs start on the cluster."""
+
+
+@jupyter.command(name="install")
+@cluster_option
+@click.option("--path", metavar="DIR", help="Where on the cluster [default: the site's recommended "
+              "place (`hpcnb sites NAME`), else $HOME/.hpcnb/jupyter]; $VAR and ~ are expanded there.")
+@click.option("--pip-option", "pip_options", multiple=True, metavar="OPTION",
+              help="Passed to pip, e.g. --pip-option=--index-url=https://mirror/simple (repeatable).")
+@accept_key_option
+def jupyter_install(cluster: str | None, path: str | None, pip_options: tuple[str, ...],
+                    accept_new_host_key: bool) -> None:
+    """Make a Python env with JupyterLab on the cluster and use it for your jobs.
+
+    Runs on the login host after the site's setup lines (module load python ...), installs
+    JupyterLab there with pip, checks it the way `hpcnb doctor` does, and records the line that
+    activates it in your config (`setup`), so the next `hpcnb submit` uses it.
+    """
+    from hpcnb import jupyter_env
+    from hpcnb.cluster import Cluster
+    from hpcnb.sites import record_setup
+
+    with Cluster(cluster, accept_new_host_key=accept_new_host_key, notify=say) as target:
+        where = path or target.cfg.jupyter_env or jupyter_env.DEFAULT_ENV
+        say(f"installing JupyterLab into {where} on {target.name} (pip; this takes a few minutes)")
+        installed = jupyter_env.install(target, path, pip_options)
+        setup = jupyter_env.setup_with(target, installed)
+    config_file = record_setup(target.name, setup)
+    click.echo(installed.path)
+    say(f"JupyterLab {installed.jupyterlab} with Python {installed.python}; recorded in {config_file}:\n"
+        f"  [clusters.{target.name}] setup = {setup}")
+
+
+COMMANDS = (doctor, sites, config, jupyter)

@@ -85,7 +85,7 @@ def running(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     job_id = hpcnb.submit(CLUSTER, "--hours", "0.5")
     try:
         with hpcnb.attach(job_id, CLUSTER) as attached:
-            session = f"~/.hpcnb/sessions/{job_id}"
+            session = f"~/.hpcnb/sessions/{CLUSTER}/{job_id}"
             read = ssh(f"cat {session}/connection.json")
             assert read.returncode == 0, read.stderr
             conn = json.loads(read.stdout)
@@ -154,15 +154,16 @@ def test_token_is_not_in_what_the_scheduler_shows(running: dict[str, Any]) -> No
 def test_session_dir_0700_and_handshake_files_0600(running: dict[str, Any]) -> None:
     s = running["session"]
     files = ["connection.json", "token", "job.log", "launcher.py"]
-    proc = ssh(f"stat -c '%a %U %n' ~/.hpcnb ~/.hpcnb/sessions {s} " + " ".join(f"{s}/{f}" for f in files))
+    dirs = f"~/.hpcnb ~/.hpcnb/sessions ~/.hpcnb/sessions/{CLUSTER} {s}"
+    proc = ssh(f"stat -c '%a %U %n' {dirs} " + " ".join(f"{s}/{f}" for f in files))
     assert proc.returncode == 0, proc.stderr
     modes = [line.split()[:2] for line in proc.stdout.splitlines()]
-    assert modes == [["700", "hpcuser"]] * 3 + [["600", "hpcuser"]] * len(files), proc.stdout
+    assert modes == [["700", "hpcuser"]] * 4 + [["600", "hpcuser"]] * len(files), proc.stdout
 
 
 def test_another_user_cannot_read_the_session(running: dict[str, Any]) -> None:
     job_id, conn = running["job_id"], running["conn"]
-    session = f"/home/{topology.USERS[0]}/.hpcnb/sessions/{job_id}"
+    session = f"/home/{topology.USERS[0]}/.hpcnb/sessions/{CLUSTER}/{job_id}"
     for where, run in (
         ("login1", lambda cmd: ssh(cmd, user=OTHER)),
         (conn["node"], lambda cmd: on_node(conn["node"], cmd, user=OTHER)),

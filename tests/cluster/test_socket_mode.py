@@ -111,7 +111,7 @@ def running(testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     job_id = hpcnb.submit(CLUSTER, "--hours", "0.5")
     try:
         with hpcnb.attach(job_id, CLUSTER) as attached:
-            read = ssh(f"cat ~/.hpcnb/sessions/{job_id}/connection.json")
+            read = ssh(f"cat ~/.hpcnb/sessions/{CLUSTER}/{job_id}/connection.json")
             assert read.returncode == 0, read.stderr
             conn = json.loads(read.stdout)
             assert conn["tunnel"] == "socket" and conn["socket"] and conn["port"] is None, conn

@@ -86,7 +86,7 @@ def run_job(tmp_path: Path, tunnel: str, job_id: str, **request: object) -> Iter
         "JUPYTER_CONFIG_DIR": str(home / ".jupyter"),
     }
     proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env, start_new_session=True)
-    job = Job(proc, home / ".hpcnb" / "sessions" / job_id, script)
+    job = Job(proc, home / ".hpcnb" / "sessions" / "local" / job_id, script)
     try:
         yield job
     finally:
@@ -192,6 +192,6 @@ def test_missing_python_is_reported(tmp_path: Path) -> None:
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "HPCNB_JOB_ID": "test3"}
     assert subprocess.run(["bash", str(script)], env=env, timeout=30).returncode == 127
-    ended = json.loads((home / ".hpcnb/sessions/test3/ended").read_text())
+    ended = json.loads((home / ".hpcnb/sessions/local/test3/ended").read_text())
     assert ended["exit_code"] == 127
-    assert "no-such-python3" in (home / ".hpcnb/sessions/test3/job.log").read_text()
+    assert "no-such-python3" in (home / ".hpcnb/sessions/local/test3/job.log").read_text()

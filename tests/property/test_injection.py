@@ -171,7 +171,7 @@ def check_static(script: str, cfg: ClusterConfig, notebook_dir: str | None) -> N
         assert exports["HPCNB_NOTEBOOK_DIR"] == [notebook_dir]
     for i, line in enumerate(cfg.setup, 1):
         assert (
-            f' -n -c {shq(line)}; then eval {shq(line)} || echo "hpcnb: setup line {i} exited $?"; else'
+            f' -n -c {shq(line)}; then eval {shq(line)} || hpcnb_setup_failed {i} {shq(line)} "exited $?" 3;'
             in script
         )
 
@@ -196,8 +196,9 @@ def run_script(script: str, ws: Path) -> tuple[Path, dict[str, str] | None, int]
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    session = work / "home" / ".hpcnb" / "sessions" / "4242"
-    assert session.is_dir(), out
+    sessions = list((work / "home" / ".hpcnb" / "sessions").glob("*/4242"))
+    assert len(sessions) == 1, out
+    session = sessions[0]
     recorded = session / "stub.env"
     seen = None
     if recorded.exists():
@@ -207,8 +208,8 @@ def run_script(script: str, ws: Path) -> tuple[Path, dict[str, str] | None, int]
 
 def assert_nothing_executed(work: Path) -> None:
     hits = [p for p in work.rglob("*") if SENTINEL in p.name]
-    log = work / "home" / ".hpcnb" / "sessions" / "4242" / "job.log"
-    assert not hits, f"a value was executed: {hits}\n{log.read_text() if log.exists() else ''}"
+    logs = "".join(log.read_text() for log in (work / "home/.hpcnb/sessions").glob("*/4242/job.log"))
+    assert not hits, f"a value was executed: {hits}\n{logs}"
 
 
 def accepted_flags(cfg: ClusterConfig, values: dict[str, str]) -> dict[str, str]:
@@ -291,7 +292,8 @@ def test_flags_never_execute_when_the_script_runs(
     work, seen, code = run_script(render_script(cfg, request, scheduler), workspace)
     assert_nothing_executed(work)
     event("ran the script")
-    assert seen is not None and code == 0, (work / "home/.hpcnb/sessions/4242/job.log").read_text()
+    assert seen is not None and code == 0, "".join(
+        log.read_text() for log in (work / "home/.hpcnb/sessions").rglob("job.log"))
     assert seen.get("HPCNB_NOTEBOOK_DIR") == request.notebook_dir
     assert seen["HPCNB_PYTHON"] == cfg.python
     shutil.rmtree(work)
@@ -352,10 +354,18 @@ def test_config_values_never_execute_and_setup_lines_stay_in_their_line(
     work, seen, code = run_script(render_script(cfg, request, scheduler), workspace)
     assert_nothing_executed(work)
     event("ran the script")
-    log = (work / "home/.hpcnb/sessions/4242/job.log").read_text(errors="replace")
+    folder = work / "home/.hpcnb/sessions" / cfg.machine / "4242"
+    log = (folder / "job.log").read_text(errors="replace")
     invalid = [i for i, line in enumerate(setup, 1) if not parses(line)]
-    if invalid:  # the job stops at the first line that is not valid shell, and says which
-        ended = json.loads((work / "home/.hpcnb/sessions/4242/ended").read_text())
+    failed = re.search(r"^hpcnb: setup line (\d+) exited \d+, stopping", log, re.MULTILINE)
+    if failed and not any(i < int(failed[1]) for i in invalid):
+        # a valid line that failed stops the job there, and says which (its own command's error
+        # is in the log above it)
+        ended = json.loads((folder / "ended").read_text())
+        assert code == 3 and seen is None, log
+        assert ended["reason"].startswith(f"setup line {failed[1]} exited"), log
+    elif invalid:  # the job stops at the first line that is not valid shell, and says which
+        ended = json.loads((folder / "ended").read_text())
         assert code == 2 and seen is None, log
         assert ended["reason"] == f"setup line {invalid[0]} is not valid shell", log
     elif cfg.python == stub:

@@ -5,7 +5,7 @@
   * FakeRemote: the Remote protocol (hpcnb.remote), replaying a script over that virtual time:
     scheduler answers per job id (squeue and sacct lines, `qstat -f` blocks, preferably taken from
     tests/unit/captured/), failures over a time window, fixed answers (sbatch, scancel), and the
-    job's files in .hpcnb/sessions/<id>/ appearing (or going) at given times. Every command and
+    job's files in .hpcnb/sessions/<machine>/<id>/ appearing (or going) at given times. Every command and
     every file read is recorded with the virtual time it happened at.
 
     clock = FakeClock()
@@ -272,16 +272,16 @@ class FakeRemote:
     def handshake(self, job_id: str, *, at: float = 0.0, token: str = "tok-3f9c", node: str = "node01",
                   walltime_end: float | None = None) -> None:
         """connection.json of `job_id` from `at` on: its notebook answers."""
-        self.file(hs.connection_path(job_id),
+        self.file(hs.JobFiles("tb", job_id).connection,
                   connection_json(job_id, token=token, node=node, walltime_end=walltime_end), at=at)
 
     def ended(self, job_id: str, exit_code: int, *, at: float = 0.0, reason: str = "Jupyter exited") -> None:
         """`ended` of `job_id` from `at` on: its notebook has stopped with `exit_code`."""
-        self.file(hs.ended_path(job_id), ended_json(exit_code, reason), at=at)
+        self.file(hs.JobFiles("tb", job_id).ended, ended_json(exit_code, reason), at=at)
 
     def log(self, job_id: str, data: bytes | str, *, at: float = 0.0) -> None:
         """job.log of `job_id` holds `data` (all of it, not an append) from `at` on."""
-        self.file(hs.log_path(job_id), data, at=at)
+        self.file(hs.JobFiles("tb", job_id).log, data, at=at)
 
     def _add(self, timeline: Timeline, at: float, item: object) -> None:
         timeline.append((at, next(self._seq), item))

@@ -17,7 +17,7 @@ def test_dry_run_prints_a_script_that_passes_bash_n(tmp_path, cluster):
     proc = hpcnb.run("submit", "--cluster", cluster, "--dry-run", "--hours", "2", "--name", "nb1",
                      check=True)
     script = proc.stdout
-    assert script.startswith("#!/bin/bash\n")
+    assert script.startswith("#!/bin/bash -l\n" if cluster == "testbed" else "#!/bin/bash\n")
     check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "nb1" in script

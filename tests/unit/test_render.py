@@ -53,7 +53,7 @@ def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) 
     values = dict(CASES[case])
     values.setdefault("account", "ab12")
     script = render_script(cfg, build_request(cfg, **values), scheduler)  # type: ignore[arg-type]
-    assert script.startswith("#!/bin/bash\n")
+    assert script.startswith("#!/bin/bash -l\n" if scheduler == "slurm" else "#!/bin/bash\n")
     bash_n(script)
     for line in directives(script):
         assert DIRECTIVE.match(line), line
@@ -123,8 +123,9 @@ def test_hostile_values_are_quoted_once() -> None:
 def test_setup_lines_are_code_in_their_own_eval_one_line_each() -> None:
     cfg = dataclasses.replace(load_cluster("local"), setup=("module load python", "export A=1"))
     script = render_script(cfg, build_request(cfg), "local")
-    assert "then eval 'module load python' || echo \"hpcnb: setup line 1 exited $?\"; else" in script
-    assert "then eval 'export A=1' || echo \"hpcnb: setup line 2 exited $?\"; else" in script
+    assert ("then eval 'module load python' || hpcnb_setup_failed 1 'module load python' \"exited $?\" 3;"
+            in script)
+    assert "then eval 'export A=1' || hpcnb_setup_failed 2 'export A=1' \"exited $?\" 3;" in script
     bad = dataclasses.replace(cfg, setup=("ok\nrm -rf ~",))
     with pytest.raises(ConfigError, match=r"setup line .* one line"):
         render_script(bad, build_request(cfg), "local")

@@ -87,11 +87,12 @@ def test_submit_sends_the_script_and_clears_an_older_jobs_files(cluster: Cluster
     sbatch, rm = fake.calls
     assert sbatch.argv == ("sbatch", "--parsable")
     script = sbatch.stdin or ""
-    assert script.startswith("#!/bin/bash\n")
+    assert script.startswith("#!/bin/bash -l\n")  # a login shell, as sites' job scripts
     assert "#SBATCH --time=02:00:00" in script.splitlines()
     assert "#SBATCH --partition=debug" in script.splitlines()
-    assert rm.argv == ("rm", "-f", hs.connection_path("42"), hs.ended_path("42"))
-    assert fake.current(hs.connection_path("42")) is None and fake.current(hs.ended_path("42")) is None
+    files = hs.JobFiles("tb", "42")
+    assert rm.argv == ("rm", "-f", files.connection, files.ended)
+    assert fake.current(files.connection) is None and fake.current(files.ended) is None
 
     stored = cluster.store.get("tb", "42")
     assert stored is not None

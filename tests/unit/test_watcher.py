@@ -15,6 +15,7 @@ from fakes import (
     FakeClock,
     FakeRemote,
     captured_record,
+    sacct_line,
 )
 
 from hpcnb import handshake as hs
@@ -72,7 +73,7 @@ def watch(fake: FakeRemote, job_id: str = JOB, *, scheduler: Scheduler | None = 
     batch_notes: list[str] = []
     batch = BatchSystem(scheduler or SlurmScheduler(), lambda: fake, cluster="tb",
                         notify=batch_notes.append)
-    watcher = JobWatcher(job_id, batch, lambda: fake, start_timeout=start_timeout,
+    watcher = JobWatcher(hs.JobFiles("tb", job_id), batch, lambda: fake, start_timeout=start_timeout,
                          record=records.append, notify=lambda m: notes.append((fake.clock.now, m)),
                          policy=policy, clock=fake.clock)
     return Watch(watcher, fake.clock, records=records, notes=notes, batch_notes=batch_notes)
@@ -87,7 +88,7 @@ def steps(start: float, stop: float, step: float) -> list[float]:
 def test_fakes_follow_the_remote_protocol(fake: FakeRemote) -> None:
     assert isinstance(fake, Remote)
     with pytest.raises(FileNotFoundError):
-        fake.read_file(hs.connection_path(JOB))
+        fake.read_file(hs.JobFiles("tb", JOB).connection)
 
 
 # ---- wait_ready ----------------------------------------------------------------------------------
@@ -129,8 +130,8 @@ def test_wait_ready_polls_files_often_and_the_scheduler_rarely(queued_then_runni
     assert fake.times("sacct") == []  # squeue knew the job each time
     # connection.json: every 2 s while queued, every 0.25 s once the job runs (from t=16).
     polls = steps(0, 16, 2) + steps(16.25, 20, 0.25)
-    assert fake.read_times(hs.connection_path(JOB)) == polls
-    assert fake.read_times(hs.ended_path(JOB)) in (polls, polls[:-1])  # the same polls
+    assert fake.read_times(hs.JobFiles("tb", JOB).connection) == polls
+    assert fake.read_times(hs.JobFiles("tb", JOB).ended) in (polls, polls[:-1])  # the same polls
     assert fake.clock.pauses == [2.0] * 8 + [0.25] * 16
 
 
@@ -327,7 +328,7 @@ def test_watch_attached_returns_when_stop_is_set(fake: FakeRemote) -> None:
     attach(w, fake, stop_at=42)
 
     assert w.clock.now == 42  # the wait ends when `stop` is set, not at the next 5 s
-    assert fake.read_times(hs.ended_path(JOB)) == steps(5, 40, 5)
+    assert fake.read_times(hs.JobFiles("tb", JOB).ended) == steps(5, 40, 5)
     assert fake.times("squeue") == [] and not w.notes
 
 
@@ -337,7 +338,7 @@ def test_watch_attached_asks_the_scheduler_every_60_s(fake: FakeRemote) -> None:
     attach(w, fake, stop_at=300)
 
     assert fake.times("squeue") == [60, 120, 180, 240]
-    assert len(fake.read_times(hs.ended_path(JOB))) == 59  # every 5 s
+    assert len(fake.read_times(hs.JobFiles("tb", JOB).ended)) == 59  # every 5 s
     assert [r.state for r in w.records] == [JobState.RUNNING] * 4
 
 
@@ -379,7 +380,7 @@ def test_watch_attached_skips_rounds_while_reconnecting(fake: FakeRemote, clock:
            remote=lambda: None if 50 <= clock.now <= 70 else tunnel_conn)
 
     assert tunnel_conn.times("squeue") == [75, 135]  # the round due at 60 waited for the connection
-    assert tunnel_conn.read_times(hs.ended_path(JOB)) == steps(5, 45, 5) + steps(75, 135, 5)
+    assert tunnel_conn.read_times(hs.JobFiles("tb", JOB).ended) == steps(5, 45, 5) + steps(75, 135, 5)
     assert fake.calls == [] and fake.reads == []  # nothing over the watcher's own connection
 
 
@@ -419,7 +420,7 @@ def test_follow_log_yields_new_bytes_until_ended(fake: FakeRemote) -> None:
     chunks = list(w.watcher.follow_log())
 
     assert chunks == [lines[0].encode(), (lines[1] + lines[2]).encode(), lines[3].encode()]
-    assert fake.read_times(hs.log_path(JOB)) == steps(0, 5, 1)
+    assert fake.read_times(hs.JobFiles("tb", JOB).log) == steps(0, 5, 1)
     assert w.clock.now == 5 and fake.times("squeue") == []
 
 
@@ -477,3 +478,13 @@ def test_wait_final_keeps_the_last_status_when_the_job_vanishes(fake: FakeRemote
 
     assert status == running_status() and w.clock.now == 15.5
     assert fake.times("sacct") == fake.times("squeue") == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
+
+
+def test_a_job_that_could_not_make_its_session_folder_says_why(fake: FakeRemote) -> None:
+    fake.job("squeue", JOB, None)
+    fake.job("sacct", JOB, sacct_line(JOB, "FAILED", exit_code="70:0"))
+    with pytest.raises(JobEnded) as info:
+        watch(fake).watcher.wait_ready()
+    assert "exit code 70:0" in info.value.message
+    assert f"could not create ~/.hpcnb/sessions/tb/{JOB}" in info.value.message
+    assert "quota" in info.value.message

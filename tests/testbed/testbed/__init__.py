@@ -24,6 +24,7 @@ def up() -> None:
     accounts.ensure_host_keys()
     accounts.ensure_totp()
     accounts.ensure_venv()
+    accounts.ensure_wheels()
     net.up()
     services.start_all()
     services.check_laptop_view()

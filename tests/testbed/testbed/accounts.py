@@ -20,6 +20,7 @@ from .topology import (
     TOTP_SECRETS,
     USERS,
     VENV,
+    WHEELS,
     Host,
     key_names,
 )
@@ -101,6 +102,19 @@ def ensure_totp() -> None:
     if text != known:
         write_atomic(OATH_USERS, text, 0o600)
     OATH_USERS.chmod(0o600)
+
+
+def ensure_wheels() -> None:
+    """JupyterLab and what it needs as wheels in WHEELS (the venv's pip, so they fit the hosts'
+    Python), once: a local index for `hpcnb jupyter install --pip-option=--no-index ...`."""
+    done = WHEELS / ".complete"
+    if done.exists():
+        return
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    sh([str(VENV / "bin" / "pip"), "download", "-q", "--disable-pip-version-check", "-d", str(WHEELS),
+        "jupyterlab>=4", "jupyter_server>=2", "pip"], timeout=900)
+    sh(["chmod", "-R", "a+rX", str(WHEELS)])
+    done.touch()
 
 
 def venv_ready() -> bool:

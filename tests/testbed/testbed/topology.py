@@ -21,6 +21,9 @@ KNOWN_HOSTS = CLIENT / "known_hosts"
 
 # Kept across up/down (installing JupyterLab takes far longer than the rest of `up`).
 VENV = Path("/opt/hpcnb-testbed/venv")
+# JupyterLab's wheels, for `hpcnb jupyter install` on a testbed cluster whose nodes have no
+# Jupyter: the testbed's hosts reach no package index, as many compute nodes do not.
+WHEELS = Path("/opt/hpcnb-testbed/wheels")
 
 CLUSTER_NAME = "hpcnbtb"
 USERS = ("hpcuser", "hpcuser2")  # ordinary users; the first submits the tests' jobs

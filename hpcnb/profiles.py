@@ -1,0 +1,179 @@
+"""Site profiles: what `--partition gpu` means at one site, and the limits checked before a submit.
+
+A site config declares named profiles (`[profiles.gpu]` ...), each mapping a name users type to
+that site's recipe: the partition / QOS / queue, a node constraint, an account rule (NERSC's GPU
+projects end in `_g`), cores and memory per GPU, defaults, and limits (walltime, GPUs, cores,
+flags the site refuses). A user config may add profiles or override keys of a site's profile.
+A `--partition` that names no profile is passed through as the partition, as before.
+
+Pure: tables in, frozen Profile out (docs/site-configs.md describes every key).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hpcnb.errors import ConfigError
+from hpcnb.names import NAME_RE, NAME_RULE
+
+REFUSABLE = ("mem", "cpus", "gpus", "account")
+_SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,16}\Z")
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+_RESOURCE_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}\Z")
+_RESOURCE_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/+-]{1,200}\Z")
+_MEM_RE = re.compile(r"^\d{1,9}[KMGT]\Z")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One named recipe of a site. Every field is optional; None means "the site's default"."""
+
+    name: str
+    description: str | None = None
+    partition: str | None = None  # partition / QOS / queue, sent with the site's partition_flag
+    qos: str | None = None  # Slurm: a --qos beside --partition
+    constraint: str | None = None  # Slurm: --constraint (node features)
+    account_suffix: str | None = None  # appended to the account (NERSC: GPU projects end in _g)
+    gpus: int | None = None  # GPUs when --gpus is not given
+    max_gpus: int = 0  # 0: a CPU profile, --gpus refused
+    cpus: int | None = None
+    cpus_per_gpu: int | None = None
+    mem: str | None = None  # e.g. "8G"
+    mem_per_gpu: str | None = None
+    max_cpus: int | None = None
+    max_hours: float | None = None
+    whole_node: bool = False
+    refuse: tuple[str, ...] = ()  # flags the site refuses here: mem, cpus, gpus, account
+    resources: tuple[tuple[str, str], ...] = ()  # PBS: extra -l resources (jobfs=10GB)
+    directives: tuple[str, ...] = ()  # extra plain directives
+    docs: str | None = None
+
+    @property
+    def has_gpus(self) -> bool:
+        return self.max_gpus > 0
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _name(value: Any) -> str | None:
+    return None if isinstance(value, str) and NAME_RE.match(value) else NAME_RULE
+
+
+def _pattern(regex: re.Pattern[str], rule: str) -> Any:
+    return lambda value: None if isinstance(value, str) and regex.match(value) else rule
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100_000
+    return None if ok else "a whole number 0..100000"
+
+
+def _hours(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return None if ok and value > 0 else "a number of hours > 0"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _refuse(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(v in REFUSABLE for v in value)
+    return None if ok else f"a list of: {', '.join(REFUSABLE)}"
+
+
+def _resources(value: Any) -> str | None:
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and _RESOURCE_KEY_RE.match(k) and isinstance(v, str)
+        and _RESOURCE_VALUE_RE.match(v) for k, v in value.items())
+    return None if ok else "a table of resource = \"value\" (letters, digits, ._:/+-)"
+
+
+def _strings(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return None if ok else "a list of strings"
+
+
+MEM_RULE = "a size like 8G or 500M"
+_CHECKS = {
+    "description": _text, "partition": _name, "qos": _name,
+    "constraint": _pattern(_CONSTRAINT_RE, "letters, digits, . _ - (one node feature)"),
+    "account_suffix": _pattern(_SUFFIX_RE, "1-16 letters, digits, . _ -"),
+    "gpus": _count, "max_gpus": _count, "cpus": _count, "cpus_per_gpu": _count,
+    "mem": _pattern(_MEM_RE, MEM_RULE), "mem_per_gpu": _pattern(_MEM_RE, MEM_RULE),
+    "max_cpus": _count, "max_hours": _hours, "whole_node": _flag, "refuse": _refuse,
+    "resources": _resources, "directives": _strings, "docs": _text,
+}  # fmt: skip
+
+
+def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
+    """`profiles` of a config file -> {name: checked values}; ConfigError naming file and key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: profiles must be a table of [profiles.NAME] tables")
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in raw.items():
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: profile name {name!r} must be {NAME_RULE}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: profiles.{name} must be a table")
+        for key, value in table.items():
+            check = _CHECKS.get(key)
+            if check is None:
+                raise ConfigError(f"{where}: profiles.{name}: unknown key {key!r} (valid keys: "
+                                  f"{', '.join(sorted(_CHECKS))})")
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{where}: profiles.{name}: {key} must be {problem}, got {value!r}")
+        out[name] = dict(table)
+    return out
+
+
+def merge(base: Mapping[str, dict[str, Any]], over: Mapping[str, dict[str, Any]]
+          ) -> dict[str, dict[str, Any]]:
+    """A user's profiles over a site's: new names are added, known ones changed key by key."""
+    merged = {name: dict(values) for name, values in base.items()}
+    for name, values in over.items():
+        merged.setdefault(name, {}).update(values)
+    return merged
+
+
+def build(tables: Mapping[str, dict[str, Any]]) -> tuple[Profile, ...]:
+    """Checked tables -> Profiles, by name."""
+    profiles = []
+    for name in sorted(tables):
+        values = dict(tables[name])
+        for key in ("refuse", "directives"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "resources" in values:
+            values["resources"] = tuple(sorted(values["resources"].items()))
+        if "max_hours" in values:
+            values["max_hours"] = float(values["max_hours"])
+        profiles.append(Profile(name=name, **values))
+    return tuple(profiles)
+
+
+def summary(profile: Profile) -> str:
+    """What a profile resolves to, in one line: for `--dry-run` and `hpcnb sites NAME`."""
+    parts = [f"partition {profile.partition}" if profile.partition else "the default partition"]
+    for label, value in (("qos", profile.qos), ("constraint", profile.constraint),
+                         ("account suffix", profile.account_suffix)):
+        if value:
+            parts.append(f"{label} {value}")
+    if profile.has_gpus:
+        parts.append(f"{profile.gpus or 1}-{profile.max_gpus} GPUs")
+    if profile.cpus_per_gpu:
+        parts.append(f"{profile.cpus_per_gpu} cores per GPU")
+    if profile.max_hours:
+        parts.append(f"at most {profile.max_hours:g} h")
+    if profile.whole_node:
+        parts.append("whole nodes")
+    if profile.refuse:
+        parts.append("refuses " + ", ".join(f"--{f}" for f in profile.refuse))
+    return ", ".join(parts)
