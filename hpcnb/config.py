@@ -90,6 +90,7 @@ class ClusterConfig:
     pbs_resources: str = "select"  # pbs: "select" (-l select=1:ncpus=..) | "flat" (-l ncpus=..)
     # Site profiles (hpcnb.profiles) and what the site file says about itself:
     profiles: tuple[Profile, ...] = ()
+    resources: tuple[tuple[str, str], ...] = ()  # pbs: -l resources every job gets (ALCF filesystems)
     account_example: str | None = None  # what an account looks like at this site
     jupyter_env: str | None = None  # where `hpcnb jupyter install` puts its env (on the cluster)
     unverified: tuple[str, ...] = ()  # what the site file could not confirm from the site's docs
@@ -143,6 +144,7 @@ _KIND: dict[str, Callable[[Any], str | None]] = {
     "bool": _check_bool,
     "strlist": _check_strlist,
     "table": lambda value: None,  # profiles: checked by hpcnb.profiles
+    "resources": profile_tables.check_resources,
 }
 
 # key -> kind. "name" and "source" are not settable: they come from where the table is.
@@ -155,6 +157,7 @@ _KEYS: dict[str, str] = {
     "python": "str", "account_required": "bool", "partition_flag": "str",
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
+    "resources": "resources",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -206,7 +209,9 @@ def check_script_values(values: Mapping[str, Any], where: str) -> None:
 
     Called when a config is loaded and again by render.py (a ClusterConfig can be built in code).
     """
-    for line in values.get("setup") or ():
+    lines = [*(values.get("setup") or ()),
+             *(line for p in values.get("profiles") or () for line in p.setup or ())]
+    for line in lines:
         if _CONTROL_RE.search(line):
             raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
         if (len(line) - len(line.rstrip("\\"))) % 2:
@@ -265,6 +270,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
         if v is not None and not NAME_RE.match(v):
             raise ConfigError(f"{where}: {key} {v!r} must be {NAME_RULE}")
     values["profiles"] = profile_tables.build(values.get("profiles", {}))
+    values["resources"] = tuple(sorted(values.get("resources", {}).items()))
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():
         choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)

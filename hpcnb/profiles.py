@@ -24,7 +24,8 @@ REFUSABLE = ("mem", "cpus", "gpus", "account")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,16}\Z")
 _CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 _RESOURCE_KEY_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}\Z")
-_RESOURCE_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/+-]{1,200}\Z")
+# `{account}` stands for the job's account (NCI: -l storage=gdata/{account}+scratch/{account}).
+_RESOURCE_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9._:/+-]|\{account\}){1,200}\Z")
 _MEM_RE = re.compile(r"^\d{1,9}[KMGT]\Z")
 
 
@@ -50,6 +51,8 @@ class Profile:
     refuse: tuple[str, ...] = ()  # flags the site refuses here: mem, cpus, gpus, account
     resources: tuple[tuple[str, str], ...] = ()  # PBS: extra -l resources (jobfs=10GB)
     directives: tuple[str, ...] = ()  # extra plain directives
+    setup: tuple[str, ...] | None = None  # this profile's setup lines, instead of the site's
+    gpu_type: str | None = None  # GPUs asked for by model: --gpus=a100:N (Alliance, PSC)
     docs: str | None = None
 
     @property
@@ -88,11 +91,12 @@ def _refuse(value: Any) -> str | None:
     return None if ok else f"a list of: {', '.join(REFUSABLE)}"
 
 
-def _resources(value: Any) -> str | None:
+def check_resources(value: Any) -> str | None:
+    """A table of PBS resources (-l key=value): None when it is one, else what it must be."""
     ok = isinstance(value, dict) and all(
         isinstance(k, str) and _RESOURCE_KEY_RE.match(k) and isinstance(v, str)
         and _RESOURCE_VALUE_RE.match(v) for k, v in value.items())
-    return None if ok else "a table of resource = \"value\" (letters, digits, ._:/+-)"
+    return None if ok else "a table of resource = \"value\" (letters, digits, ._:/+-, {account})"
 
 
 def _strings(value: Any) -> str | None:
@@ -108,7 +112,8 @@ _CHECKS = {
     "gpus": _count, "max_gpus": _count, "cpus": _count, "cpus_per_gpu": _count,
     "mem": _pattern(_MEM_RE, MEM_RULE), "mem_per_gpu": _pattern(_MEM_RE, MEM_RULE),
     "max_cpus": _count, "max_hours": _hours, "whole_node": _flag, "refuse": _refuse,
-    "resources": _resources, "directives": _strings, "docs": _text,
+    "resources": check_resources, "directives": _strings, "docs": _text, "setup": _strings,
+    "gpu_type": _pattern(_SUFFIX_RE, "a GPU model: 1-16 letters, digits, . _ -"),
 }  # fmt: skip
 
 
@@ -148,7 +153,7 @@ def build(tables: Mapping[str, dict[str, Any]]) -> tuple[Profile, ...]:
     profiles = []
     for name in sorted(tables):
         values = dict(tables[name])
-        for key in ("refuse", "directives"):
+        for key in ("refuse", "directives", "setup"):
             if key in values:
                 values[key] = tuple(values[key])
         if "resources" in values:
@@ -166,7 +171,9 @@ def summary(profile: Profile) -> str:
                          ("account suffix", profile.account_suffix)):
         if value:
             parts.append(f"{label} {value}")
-    if profile.has_gpus:
+    if "gpus" in profile.refuse:
+        parts.append("GPUs come with the node (no --gpus)")
+    elif profile.has_gpus:
         parts.append(f"{profile.gpus or 1}-{profile.max_gpus} GPUs")
     if profile.cpus_per_gpu:
         parts.append(f"{profile.cpus_per_gpu} cores per GPU")
@@ -177,3 +184,13 @@ def summary(profile: Profile) -> str:
     if profile.refuse:
         parts.append("refuses " + ", ".join(f"--{f}" for f in profile.refuse))
     return ", ".join(parts)
+
+
+def job_resources(site: tuple[tuple[str, str], ...], profile: Profile | None, account: str | None
+                  ) -> tuple[tuple[str, str], ...]:
+    """The site's resources with the profile's over them; `{account}` filled in (a resource that
+    needs an account is left out when the job has none: the site's default project applies)."""
+    merged = dict(site)
+    merged.update(profile.resources if profile else ())
+    return tuple((key, value.replace("{account}", account or "")) for key, value in sorted(merged.items())
+                 if account or "{account}" not in value)

@@ -92,7 +92,7 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler: Scheduler 
         request=request,
         job=scheduler.job_values(cfg, request),
         flags=scheduler.flags(cfg),
-        setup=cfg.setup,
+        setup=cfg.setup if request.setup is None else request.setup,
         launcher_source=launcher,
         delimiter=DELIMITER,
     )

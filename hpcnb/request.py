@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcnb.errors import UsageError
 from hpcnb.names import NAME_RE, NAME_RULE
+from hpcnb.profiles import job_resources
 
 if TYPE_CHECKING:
     from hpcnb.config import ClusterConfig
@@ -52,6 +53,8 @@ class JobRequest:
     constraint: str | None = None
     resources: tuple[tuple[str, str], ...] = ()
     directives: tuple[str, ...] = ()
+    setup: tuple[str, ...] | None = None  # the profile's own setup lines (None: the cluster's)
+    gpu_type: str | None = None
 
 
 def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
@@ -162,9 +165,11 @@ def _refused_flags(cfg: ClusterConfig, profile: Profile | None, given: dict[str,
 def _walltime(cfg: ClusterConfig, profile: Profile | None, hours: Any, time: str | None) -> int:
     if hours is not None and time is not None:
         raise UsageError(f"--hours {hours!r} and --time {time!r} both given: use one of them")
-    seconds = parse_time(time) if time is not None else parse_hours(DEFAULT_HOURS if hours is None else hours)
     limit = (profile.max_hours if profile else None) or cfg.max_hours
-    if limit is not None and seconds > limit * 3600:
+    if hours is None and time is None:  # the default hour, or less where the limit is less
+        return min(parse_hours(DEFAULT_HOURS), round(limit * 3600)) if limit else parse_hours(DEFAULT_HOURS)
+    seconds = parse_time(time) if time is not None else parse_hours(hours)
+    if limit is not None and seconds > round(limit * 3600):
         flag, value = ("--time", time) if time is not None else ("--hours", hours)
         raise _refuse(flag, value, f"at most {limit:g} hours on {_where(cfg, profile)}")
     return seconds
@@ -194,6 +199,11 @@ def _sizes(cfg: ClusterConfig, profile: Profile | None, cpus: Any, mem: Any, gpu
 
 def _account(cfg: ClusterConfig, profile: Profile | None, account: str | None) -> str | None:
     acct = account if account is not None else cfg.account
+    suffix = profile.account_suffix if profile else None
+    if acct is None and suffix and profile is not None:
+        example = f" (e.g. --account {cfg.account_example})" if cfg.account_example else ""
+        raise UsageError(f"{_where(cfg, profile)} charges your project's {suffix} account: give "
+                         f"--account{example}, and {suffix} is added")
     if acct is None:
         if cfg.account_required:
             example = f"; an account here looks like {cfg.account_example}" if cfg.account_example else ""
@@ -201,9 +211,11 @@ def _account(cfg: ClusterConfig, profile: Profile | None, account: str | None) -
                              + example + (f"; see {cfg.docs}" if cfg.docs else ""))
         return None
     acct = _sched_name("--account", acct)
-    suffix = profile.account_suffix if profile else None
     if suffix and not acct.endswith(suffix):  # NERSC: GPU jobs charge the project's _g account
-        acct = _sched_name("--account", acct + suffix)
+        # Delta names one project bbka-delta-cpu and bbka-delta-gpu: another profile's suffix goes.
+        others = sorted({p.account_suffix for p in cfg.profiles if p.account_suffix}, key=len, reverse=True)
+        base = next((acct[: -len(o)] for o in others if o != suffix and acct.endswith(o)), acct)
+        acct = _sched_name("--account", base + suffix)
     return acct
 
 
@@ -230,11 +242,12 @@ def build_request(
     n_cpus, mem_mb, n_gpus = _sizes(cfg, profile, cpus, mem, gpus)
     part = profile.partition if profile is not None else chosen
     nb = notebook_dir if notebook_dir is not None else cfg.notebook_dir
+    acct = _account(cfg, profile, account)
     return JobRequest(
         name=_sched_name("--name", "hpcnb" if name is None else name),
         walltime_seconds=seconds,
         partition=None if part is None else _sched_name("--partition", part),
-        account=_account(cfg, profile, account),
+        account=acct,
         cpus=n_cpus,
         mem_mb=mem_mb,
         gpus=n_gpus,
@@ -242,6 +255,8 @@ def build_request(
         profile=profile.name if profile else None,
         qos=profile.qos if profile else None,
         constraint=profile.constraint if profile else None,
-        resources=profile.resources if profile else (),
+        resources=job_resources(cfg.resources, profile, acct),
+        setup=profile.setup if profile else None,
+        gpu_type=profile.gpu_type if profile and n_gpus else None,
         directives=profile.directives if profile else (),
     )

@@ -56,6 +56,13 @@ UNKNOWN_JOB = (
 # PBS exits 153 (PBSE_UNKJOBID 15001 & 0xff) for unknown ids; Slurm's qstat wrapper does too,
 # silently: `$rc = 153; # if we don't find what we are looking for` (/usr/bin/qstat).
 EXIT_UNKNOWN_JOB = 153
+# ... and 35 (PBSE_HISTJOBID 15139 & 0xff) for a job that has finished: ask `qstat -x`. NCAR's
+# cached qstat (github NCAR/qstat-cache, src/qscache/qscache.py) does the same, printing "Job has
+# finished" on stdout, not stderr, and says "Unknown Job Id" (153) for a job newer than its cache
+# (refreshed every ~10 s, history every minute): the history query therefore goes to the server
+# itself (QSCACHE_BYPASS, any value), so a just-submitted job is never taken for a gone one.
+EXIT_FINISHED_JOB = 35
+CACHE_BYPASS = "QSCACHE_BYPASS=1"
 
 _JOB_ID_RE = re.compile(r"^\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?$")
 _ATTR_RE = re.compile(r"^(?P<indent>\s+)(?P<key>[A-Za-z_][\w.]*) = ?(?P<value>.*)$")
@@ -254,7 +261,7 @@ class PBSScheduler(Scheduler):
         # PBS Pro: -x includes finished (F) jobs, -f the full record. On Torque -x means XML
         # (handled by the parser); Slurm's wrapper has no -x ("Unknown option: x", exit 2):
         # see history_unsupported.
-        return ["qstat", "-x", "-f", *ids] if ids else None
+        return ["env", CACHE_BYPASS, "qstat", "-x", "-f", *ids] if ids else None
 
     def parse_history(self, stdout: str) -> dict[str, JobStatus]:
         return self.parse_status(stdout)
@@ -268,5 +275,7 @@ class PBSScheduler(Scheduler):
 
     def is_unknown_job_error(self, stderr: str, exit_status: int | None = None) -> bool:
         if super().is_unknown_job_error(stderr, exit_status):
+            return True
+        if exit_status == EXIT_FINISHED_JOB:
             return True
         return exit_status == EXIT_UNKNOWN_JOB and not stderr.strip()

@@ -196,6 +196,16 @@ class _Failure:
 STATUS_COMMANDS = ("squeue", "sacct", "qstat", "qstat -x")
 
 
+def without_env(argv: list[str]) -> list[str]:
+    """`env NAME=VALUE ... qstat -x ...` (hpcnb/schedulers/pbs.py's cache bypass) is qstat -x."""
+    if argv and argv[0] == "env":
+        rest = argv[1:]
+        while rest and "=" in rest[0] and not rest[0].startswith("-"):
+            rest = rest[1:]
+        return rest
+    return argv
+
+
 def command_key(argv: Sequence[str]) -> str:
     """What a command is scripted under: its program, or "qstat -x" for PBS history queries."""
     if argv[0] == "qstat" and "-x" in argv[1:]:
@@ -310,7 +320,8 @@ class FakeRemote:
 
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
         args = [str(a) for a in argv]
-        key = command_key(args)
+        command = without_env(args)
+        key = command_key(command)
         now = self.clock.now
         self.calls.append(Call(now, tuple(args), stdin))
         for hook in self._hooks.get(key, ()):
@@ -329,7 +340,7 @@ class FakeRemote:
                 self.file(path, None, at=now)
             return CommandResult(args, 0, "", "")
         if key in STATUS_COMMANDS:
-            return self._status(key, args)
+            return self._status(key, command)
         if key in ("scancel", "qdel"):
             return CommandResult(args, 0, "", "")
         raise AssertionError(f"FakeRemote: nothing scripted for {args}")

@@ -44,7 +44,8 @@ def test_parse_job_id_garbage(out: str) -> None:
 
 def test_argv() -> None:
     assert pbs.status_argv(["1.s", "2.s"], "alice") == ["qstat", "-f", "1.s", "2.s"]
-    assert pbs.history_argv(["1.s"]) == ["qstat", "-x", "-f", "1.s"]
+    # to the server itself, past a cache like NCAR's (hpcnb/schedulers/pbs.py)
+    assert pbs.history_argv(["1.s"]) == ["env", "QSCACHE_BYPASS=1", "qstat", "-x", "-f", "1.s"]
     assert pbs.history_argv([]) is None
     assert pbs.cancel_argv("1.s") == ["qdel", "1.s"]
     with pytest.raises(ValueError):

@@ -168,3 +168,31 @@ def test_bad_profiles_are_config_errors(sites: Path, table: str, expect: str) ->
     with pytest.raises(ConfigError, match=r"bad\.toml") as info:
         load_cluster("bad")
     assert expect in str(info.value)
+
+
+def test_no_hours_means_one_hour_or_the_profiles_shorter_limit(sites: Path) -> None:
+    cfg = load_cluster("example")
+    assert build_request(cfg, account="m1").walltime_seconds == 3600
+    assert build_request(cfg, partition="debug", account="m1").walltime_seconds == 1800
+
+
+def test_another_profiles_account_suffix_is_replaced_not_doubled(sites: Path) -> None:
+    (sites / "config.toml").write_text(
+        '[clusters.delta]\nextends = "example"\n'
+        '[clusters.delta.profiles.cpu]\naccount_suffix = "-delta-cpu"\n'
+        '[clusters.delta.profiles.gpu]\naccount_suffix = "-delta-gpu"\n')
+    cfg = load_cluster("delta")
+    assert build_request(cfg, partition="gpu", account="bbka-delta-cpu").account == "bbka-delta-gpu"
+    assert build_request(cfg, partition="gpu", account="bbka").account == "bbka-delta-gpu"
+    assert build_request(cfg, account="bbka-delta-gpu").account == "bbka-delta-cpu"
+
+
+def test_a_profiles_own_setup_lines_and_gpu_model(sites: Path) -> None:
+    (sites / "config.toml").write_text(
+        '[clusters.alliance]\nextends = "example"\nsetup = ["module load python"]\n'
+        '[clusters.alliance.profiles.gpu]\nsetup = ["module load python-gpu"]\ngpu_type = "a100"\n')
+    cfg = load_cluster("alliance")
+    script = render_script(cfg, build_request(cfg, partition="gpu", account="m1", gpus=2), "slurm")
+    assert "#SBATCH --gpus=a100:2" in script.splitlines()
+    assert "module load python-gpu" in script and "'module load python'" not in script
+    assert "'module load python'" in render_script(cfg, build_request(cfg, account="m1"), "slurm")

@@ -49,7 +49,9 @@ CASES = [
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("cluster", sorted(p.stem for p in paths.site_config_dir().glob("*.toml")))
 def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) -> None:
-    cfg = load_cluster(cluster)
+    # Every site's values through every scheduler's template; its profiles' own recipes and limits
+    # are test_site_configs.py's.
+    cfg = dataclasses.replace(load_cluster(cluster), profiles=(), max_hours=None, partition=None)
     values = dict(CASES[case])
     values.setdefault("account", "ab12")
     script = render_script(cfg, build_request(cfg, **values), scheduler)  # type: ignore[arg-type]
@@ -62,36 +64,39 @@ def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) 
 
 
 def test_slurm_directives_exact() -> None:
-    cfg = load_cluster("perlmutter")
-    r = build_request(cfg, account="m1234", cpus=4, mem="16G", gpus=1, hours=26, name="nb")
+    cfg = dataclasses.replace(load_cluster("perlmutter"), extra_directives=("--licenses=scratch",))
+    r = build_request(cfg, partition="gpu", account="m1234", cpus=4, mem="16G", gpus=1, hours=26,
+                      name="nb")
     assert directives(render_script(cfg, r, "slurm")) == [
         "#SBATCH --job-name=nb",
         "#SBATCH --time=1-02:00:00",
         "#SBATCH --nodes=1",
         "#SBATCH --ntasks=1",
         "#SBATCH --qos=shared",
-        "#SBATCH --account=m1234",
+        "#SBATCH --constraint=gpu",
+        "#SBATCH --account=m1234_g",
         "#SBATCH --cpus-per-task=4",
         "#SBATCH --mem=16G",
         "#SBATCH --gpus=1",
-        "#SBATCH --constraint=cpu",
+        "#SBATCH --licenses=scratch",
         "#SBATCH --output=/dev/null",
         "#SBATCH --error=/dev/null",
     ]
 
 
 def test_gres_flag() -> None:
-    cfg = dataclasses.replace(load_cluster("euler"), gpu_flag="--gres")
+    cfg = dataclasses.replace(load_cluster("euler"), gpu_flag="--gres", profiles=(), partition=None)
     assert "#SBATCH --gres=gpu:2" in render_script(cfg, build_request(cfg, gpus=2), "slurm")
 
 
 def test_pbs_select_and_flat() -> None:
-    derecho = load_cluster("derecho")
+    # The scheduler's formats alone (no profile: --partition develop is a plain queue here).
+    derecho = dataclasses.replace(load_cluster("derecho"), profiles=(), partition="develop")
     r = build_request(derecho, account="UABC0001", cpus=8, mem="20G", gpus=1, hours=2)
     d = directives(render_script(derecho, r, "pbs"))
     assert "#PBS -l select=1:ncpus=8:mem=20gb:ngpus=1" in d
     assert "#PBS -l walltime=02:00:00" in d and "#PBS -q develop" in d and "#PBS -A UABC0001" in d
-    gadi = load_cluster("gadi")
+    gadi = dataclasses.replace(load_cluster("gadi"), profiles=(), partition="normal")
     d = directives(render_script(gadi, build_request(gadi, account="ab12", cpus=12, mem="4G"), "pbs"))
     assert "#PBS -P ab12" in d and "#PBS -l ncpus=12,mem=4gb" in d
     assert not any("select" in line for line in d)
