@@ -26,7 +26,7 @@ from typing import Any
 from hpcnb import paths
 from hpcnb import profiles as profile_tables
 from hpcnb.errors import ConfigError
-from hpcnb.names import NAME_RE, NAME_RULE
+from hpcnb.names import NAME_RE, NAME_RULE, named_tables
 from hpcnb.profiles import Profile
 from hpcnb.schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
@@ -319,15 +319,8 @@ def _load_user() -> _UserConfig:
     default = raw.get("default_cluster")
     if default is not None and not isinstance(default, str):
         raise ConfigError(f"{file}: key 'default_cluster' must be a string, got {default!r}")
-    clusters = raw.get("clusters", {})
-    if not isinstance(clusters, dict):
-        raise ConfigError(f"{file}: 'clusters' must be a table of [clusters.NAME] tables")
     checked: dict[str, dict[str, Any]] = {}
-    for name, table in clusters.items():
-        if not NAME_RE.match(name):
-            raise ConfigError(f"{file}: cluster name {name!r} must be {NAME_RULE}")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{file}: clusters.{name} must be a table")
+    for name, table in named_tables(raw.get("clusters", {}), str(file), "clusters"):
         checked[name] = _check_table(table, file, f"clusters.{name}", allow=("extends",))
     return _UserConfig(file, default, checked)
 

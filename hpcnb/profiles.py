@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcnb.errors import ConfigError
-from hpcnb.names import NAME_RE, NAME_RULE
+from hpcnb.names import NAME_RE, NAME_RULE, named_tables
 
 REFUSABLE = ("mem", "cpus", "gpus", "account")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,16}\Z")
@@ -119,14 +119,8 @@ _CHECKS = {
 
 def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     """`profiles` of a config file -> {name: checked values}; ConfigError naming file and key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: profiles must be a table of [profiles.NAME] tables")
     out: dict[str, dict[str, Any]] = {}
-    for name, table in raw.items():
-        if not NAME_RE.match(name):
-            raise ConfigError(f"{where}: profile name {name!r} must be {NAME_RULE}")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: profiles.{name} must be a table")
+    for name, table in named_tables(raw, where, "profiles"):
         for key, value in table.items():
             check = _CHECKS.get(key)
             if check is None:
