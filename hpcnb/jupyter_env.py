@@ -44,7 +44,14 @@ class Installed:
         return f"source {shlex.quote(self.path)}/bin/activate"
 
 
-def check_path(path: str) -> str:
+def check_path(path: str, account: str | None = None) -> str:
+    """A path on the cluster, safe to put in double quotes there. `{account}` (a site's project
+    folder, /project/{account}/...) is the cluster's account from the config."""
+    if "{account}" in path:
+        if not account:
+            raise UsageError(f"{path!r} names the project ({{account}}): set account in your config, "
+                             "or give --path")
+        path = path.replace("{account}", account)
     if not _PATH_RE.match(path) or ".." in path.split("/"):
         raise UsageError(f"--path {path!r} must be a path on the cluster: letters, digits, . _ - /, "
                          "and $VAR or ~ (expanded there)")
@@ -88,7 +95,7 @@ def install_script(setup: tuple[str, ...], python: str, path: str, pip_options: 
 def install(cluster: Cluster, path: str | None = None, pip_options: tuple[str, ...] = ()) -> Installed:
     """Make (or complete) the env on the cluster and check it as a job would use it."""
     cfg = cluster.cfg
-    target = check_path(path or cfg.jupyter_env or DEFAULT_ENV)
+    target = check_path(path or cfg.jupyter_env or DEFAULT_ENV, cfg.account)
     site_setup = tuple(line for line in cfg.setup if not line.rstrip().endswith("/bin/activate"))
     script = install_script(site_setup, cfg.python, target, check_pip_options(pip_options))
     argv = ["bash", "-lc", script]

@@ -47,6 +47,7 @@ class Profile:
     mem_per_gpu: str | None = None
     max_cpus: int | None = None
     max_hours: float | None = None
+    min_hours: float | None = None  # ARCHER2's long QoS: at least 24 h
     whole_node: bool = False
     refuse: tuple[str, ...] = ()  # flags the site refuses here: mem, cpus, gpus, account
     resources: tuple[tuple[str, str], ...] = ()  # PBS: extra -l resources (jobfs=10GB)
@@ -111,7 +112,8 @@ _CHECKS = {
     "account_suffix": _pattern(_SUFFIX_RE, "1-16 letters, digits, . _ -"),
     "gpus": _count, "max_gpus": _count, "cpus": _count, "cpus_per_gpu": _count,
     "mem": _pattern(_MEM_RE, MEM_RULE), "mem_per_gpu": _pattern(_MEM_RE, MEM_RULE),
-    "max_cpus": _count, "max_hours": _hours, "whole_node": _flag, "refuse": _refuse,
+    "max_cpus": _count, "max_hours": _hours, "min_hours": _hours, "whole_node": _flag,
+    "refuse": _refuse,
     "resources": check_resources, "directives": _strings, "docs": _text, "setup": _strings,
     "gpu_type": _pattern(_SUFFIX_RE, "a GPU model: 1-16 letters, digits, . _ -"),
 }  # fmt: skip
@@ -152,8 +154,9 @@ def build(tables: Mapping[str, dict[str, Any]]) -> tuple[Profile, ...]:
                 values[key] = tuple(values[key])
         if "resources" in values:
             values["resources"] = tuple(sorted(values["resources"].items()))
-        if "max_hours" in values:
-            values["max_hours"] = float(values["max_hours"])
+        for key in ("max_hours", "min_hours"):
+            if key in values:
+                values[key] = float(values[key])
         profiles.append(Profile(name=name, **values))
     return tuple(profiles)
 
@@ -171,6 +174,8 @@ def summary(profile: Profile) -> str:
         parts.append(f"{profile.gpus or 1}-{profile.max_gpus} GPUs")
     if profile.cpus_per_gpu:
         parts.append(f"{profile.cpus_per_gpu} cores per GPU")
+    if profile.min_hours:
+        parts.append(f"at least {profile.min_hours:g} h")
     if profile.max_hours:
         parts.append(f"at most {profile.max_hours:g} h")
     if profile.whole_node:

@@ -166,12 +166,17 @@ def _walltime(cfg: ClusterConfig, profile: Profile | None, hours: Any, time: str
     if hours is not None and time is not None:
         raise UsageError(f"--hours {hours!r} and --time {time!r} both given: use one of them")
     limit = (profile.max_hours if profile else None) or cfg.max_hours
-    if hours is None and time is None:  # the default hour, or less where the limit is less
-        return min(parse_hours(DEFAULT_HOURS), round(limit * 3600)) if limit else parse_hours(DEFAULT_HOURS)
+    least = profile.min_hours if profile else None
+    if hours is None and time is None:  # the default hour, within the profile's limits
+        seconds = parse_hours(DEFAULT_HOURS)
+        seconds = min(seconds, round(limit * 3600)) if limit else seconds
+        return max(seconds, round(least * 3600)) if least else seconds
     seconds = parse_time(time) if time is not None else parse_hours(hours)
+    flag, value = ("--time", time) if time is not None else ("--hours", hours)
     if limit is not None and seconds > round(limit * 3600):
-        flag, value = ("--time", time) if time is not None else ("--hours", hours)
         raise _refuse(flag, value, f"at most {limit:g} hours on {_where(cfg, profile)}")
+    if least is not None and seconds < round(least * 3600):
+        raise _refuse(flag, value, f"at least {least:g} hours on {_where(cfg, profile)}")
     return seconds
 
 

@@ -160,7 +160,9 @@ def jupyter_install(cluster: str | None, path: str | None, pip_options: tuple[st
     from hpcnb.sites import record_setup
 
     with Cluster(cluster, accept_new_host_key=accept_new_host_key, notify=say) as target:
-        where = path or target.cfg.jupyter_env or jupyter_env.DEFAULT_ENV
+        where = jupyter_env.check_path(path or target.cfg.jupyter_env or jupyter_env.DEFAULT_ENV,
+                                       target.cfg.account)
+        jupyter_env.check_pip_options(pip_options)  # a bad value is refused before anything runs
         say(f"installing JupyterLab into {where} on {target.name} (pip; this takes a few minutes)")
         installed = jupyter_env.install(target, path, pip_options)
         setup = jupyter_env.setup_with(target, installed)

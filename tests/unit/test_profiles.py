@@ -196,3 +196,16 @@ def test_a_profiles_own_setup_lines_and_gpu_model(sites: Path) -> None:
     assert "#SBATCH --gpus=a100:2" in script.splitlines()
     assert "module load python-gpu" in script and "'module load python'" not in script
     assert "'module load python'" in render_script(cfg, build_request(cfg, account="m1"), "slurm")
+
+
+def test_jupyter_env_may_name_the_project_folder() -> None:
+    from hpcnb.jupyter_env import check_path
+
+    assert check_path("/project/{account}/$USER/jupyter", "project_465000123") == \
+        "/project/project_465000123/$USER/jupyter"
+    with pytest.raises(UsageError, match="account"):
+        check_path("/project/{account}/jupyter", None)
+    assert check_path("~/envs") == "$HOME/envs"
+    for bad in ("$(id)", "/a/../b", "a b", "`id`", "${HOME:-x}"):
+        with pytest.raises(UsageError):
+            check_path(bad)

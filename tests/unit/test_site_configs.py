@@ -64,6 +64,8 @@ def test_every_profile_renders_and_refuses_over_its_limit(site):
             values.pop("account")
         if (profile.max_hours or cfg.max_hours) < 1:
             values["hours"] = profile.max_hours or cfg.max_hours
+        if profile.min_hours:
+            values["hours"] = profile.min_hours
         request = build_request(cfg, **values)
         script = render_script(cfg, request, cfg.scheduler)
         check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)

@@ -119,3 +119,10 @@ def test_a_job_newer_than_the_cache_is_not_taken_for_gone():
     remote = CachedQstat(unknown, HISTORY.format(state="Q"))
     status = BatchSystem(PBSScheduler(), lambda: remote, cluster="derecho").statuses(["7.desched1"])
     assert status["7.desched1"].state is JobState.PENDING
+
+
+def test_archer2_long_qos_has_a_minimum_walltime():
+    cfg = load_cluster("archer2")
+    assert build_request(cfg, partition="long", account="t01").walltime_seconds == 24 * 3600
+    with pytest.raises(UsageError, match="at least 24 hours"):
+        build_request(cfg, partition="long", account="t01", hours=2)
