@@ -35,7 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SCHEDULERS = tuple(SCHEDULER_CLASSES)  # slurm, pbs, local
+SCHEDULERS = tuple(SCHEDULER_CLASSES)  # hpcnb/schedulers/__init__.py: slurm, pbs, local, lsf
 TUNNELS = ("direct", "node-ssh", "socket")
 JUPYTERS = ("lab", "notebook")
 PBS_RESOURCES = ("select", "flat")
@@ -84,8 +84,8 @@ class ClusterConfig:
     extends: str | None = None  # the shipped site config this one started from
     python: str = "python3"  # interpreter for the launcher on the node (after setup lines)
     account_required: bool = False  # refuse to submit without an account (e.g. NERSC)
-    partition_flag: str | None = None  # slurm: --partition|--qos ; pbs: -q ; local: None
-    account_flag: str | None = None  # slurm: --account ; pbs: -A|-P (NCI Gadi) ; local: None
+    partition_flag: str | None = None  # one of the scheduler's partition_flags (slurm: --partition|--qos)
+    account_flag: str | None = None  # one of its account_flags (pbs: -A|-P, NCI Gadi)
     gpu_flag: str | None = None  # slurm: --gpus|--gres|--gpus-per-node ; pbs: ngpus|naccelerators
     pbs_resources: str = "select"  # pbs: "select" (-l select=1:ncpus=..) | "flat" (-l ncpus=..)
     # Site profiles (hpcnb.profiles) and what the site file says about itself:

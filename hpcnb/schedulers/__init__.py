@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hpcnb.schedulers.base import JobState, JobStatus, Scheduler
 from hpcnb.schedulers.local import LocalScheduler
+from hpcnb.schedulers.lsf import LSFScheduler
 from hpcnb.schedulers.pbs import PBSScheduler
 from hpcnb.schedulers.slurm import SlurmScheduler
 
@@ -11,11 +12,12 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "slurm": SlurmScheduler,
     "pbs": PBSScheduler,
     "local": LocalScheduler,
+    "lsf": LSFScheduler,
 }
 
 
 def get_scheduler(name: str) -> Scheduler:
-    """The scheduler called `name` ("slurm", "pbs", "local"). ValueError for anything else."""
+    """The scheduler called `name` (a key of SCHEDULERS). ValueError for anything else."""
     try:
         return SCHEDULERS[name]()
     except KeyError:

@@ -39,8 +39,8 @@ from hpcnb.render import render_script, shq
 from hpcnb.request import build_request
 
 BASH = shutil.which("bash") or "/bin/bash"
-SCHEDULERS = ("slurm", "pbs", "local")
-DIRECTIVE = re.compile(r"^#(SBATCH|PBS) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
+SCHEDULERS = ("slurm", "pbs", "local", "lsf")
+DIRECTIVE = re.compile(r"^#(SBATCH|PBS|BSUB) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 SENTINEL = "SENTINEL"
 # Render-only checks are cheap (one `bash -n`); the run checks start bash, mkdir, the stub...
 RENDER_EXAMPLES = 1500  # flags: ~7 ms each (one `bash -n`)
@@ -158,7 +158,7 @@ def check_static(script: str, cfg: ClusterConfig, notebook_dir: str | None) -> N
     event("rendered")
     bash_n(script)
     for line in script.split("\n"):
-        if line.startswith(("#SBATCH", "#PBS")):
+        if line.startswith(("#SBATCH", "#PBS", "#BSUB")):
             assert DIRECTIVE.match(line), line
     exports = {}
     for line in script.split("\n"):

@@ -45,7 +45,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "local"])
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "local", "lsf"])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("cluster", sorted(p.stem for p in paths.site_config_dir().glob("*.toml")))
 def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) -> None:
@@ -55,7 +55,7 @@ def test_every_site_renders_valid_bash(cluster: str, case: int, scheduler: str) 
     values = dict(CASES[case])
     values.setdefault("account", "ab12")
     script = render_script(cfg, build_request(cfg, **values), scheduler)  # type: ignore[arg-type]
-    assert script.startswith("#!/bin/bash -l\n" if scheduler == "slurm" else "#!/bin/bash\n")
+    assert script.startswith("#!/bin/bash -l\n" if scheduler in ("slurm", "lsf") else "#!/bin/bash\n")
     bash_n(script)
     for line in directives(script):
         assert DIRECTIVE.match(line), line
