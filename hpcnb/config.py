@@ -320,7 +320,7 @@ def _load_user() -> _UserConfig:
     if default is not None and not isinstance(default, str):
         raise ConfigError(f"{file}: key 'default_cluster' must be a string, got {default!r}")
     checked: dict[str, dict[str, Any]] = {}
-    for name, table in named_tables(raw.get("clusters", {}), str(file), "clusters"):
+    for name, table in named_tables(raw.get("clusters", {}), str(file), "clusters", "cluster"):
         checked[name] = _check_table(table, file, f"clusters.{name}", allow=("extends",))
     return _UserConfig(file, default, checked)
 

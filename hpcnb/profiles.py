@@ -122,7 +122,7 @@ _CHECKS = {
 def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     """`profiles` of a config file -> {name: checked values}; ConfigError naming file and key."""
     out: dict[str, dict[str, Any]] = {}
-    for name, table in named_tables(raw, where, "profiles"):
+    for name, table in named_tables(raw, where, "profiles", "profile"):
         for key, value in table.items():
             check = _CHECKS.get(key)
             if check is None:

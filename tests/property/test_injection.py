@@ -186,7 +186,8 @@ def run_script(script: str, ws: Path) -> tuple[Path, dict[str, str] | None, int]
     (work / "home").mkdir()
     (work / "job.sh").write_text(script)
     env = {"HOME": str(work / "home"), "PATH": str(ws / "tools"), "LANG": "C.UTF-8",
-           "HPCNB_JOB_ID": "4242", "SLURM_JOB_ID": "4242", "PBS_JOBID": "4242"}  # fmt: skip
+           "HPCNB_JOB_ID": "4242", "SLURM_JOB_ID": "4242", "PBS_JOBID": "4242",
+           "LSB_JOBID": "4242"}  # fmt: skip
     proc = subprocess.Popen(
         [BASH, "job.sh"], cwd=work, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,

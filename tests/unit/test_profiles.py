@@ -161,7 +161,7 @@ def test_user_config_adds_and_overrides_profiles(sites: Path) -> None:
     ('[profiles.x]\nconstraint = "gpu;rm"\n', "constraint must be"),
     ('[profiles.x]\nresources = { jobfs = "1 GB" }\n', "resources must be"),
     ('[profiles.x]\ndirectives = ["--x=\'a b\'"]\n', "not a plain option"),
-    ('[profiles."a b"]\n', "the name must be"),
+    ('[profiles."a b"]\n', "profile name"),
 ])
 def test_bad_profiles_are_config_errors(sites: Path, table: str, expect: str) -> None:
     (sites / "site-configs" / "bad.toml").write_text('scheduler = "slurm"\nlogin_host = "h"\n' + table)
