@@ -104,10 +104,13 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
             continuation = line.startswith("\t") and spaced
             if m and not continuation:
                 last = m["key"]
-                attrs[last] = m["value"].strip()
+                attrs[last] = m["value"]
             elif last is not None:
-                attrs[last] += line.strip()   # wrapped value: PBS breaks it after a comma
-        jobs[job_id] = attrs
+                # qstat wraps a value at 78 columns, after a comma or inside a word (a space too:
+                # "... and terminated" / "\t by alice@login1"), going on after "\n\t"
+                # (OpenPBS src/cmds/qstat.c, prt_attr): the rest follows the one tab as it is.
+                attrs[last] += line[1:] if continuation else line.strip()
+        jobs[job_id] = {key: value.strip() for key, value in attrs.items()}
     return jobs
 
 

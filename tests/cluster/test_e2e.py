@@ -1,4 +1,5 @@
-"""hpcnb end to end on the real testbed: Slurm and PBS commands, both tunnel modes.
+"""hpcnb end to end on the real testbed: Slurm, Slurm's PBS commands and a real OpenPBS, in each
+tunnel mode.
 
 Each test submits a real job through login1, which starts a real JupyterLab on node01 or node02;
 the test reaches it only through the URL `hpcnb attach` prints.
@@ -6,6 +7,7 @@ the test reaches it only through the URL `hpcnb attach` prints.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 
@@ -15,7 +17,10 @@ from testbed import topology
 
 pytestmark = pytest.mark.cluster
 
-CLUSTERS = ["testbed", "testbed-node-ssh", "testbed-pbs", "testbed-pbs-node-ssh"]
+CLUSTERS = ["testbed", "testbed-node-ssh", "testbed-pbs", "testbed-pbs-node-ssh",
+            "testbed-openpbs", "testbed-openpbs-node-ssh", "testbed-openpbs-socket"]
+# Slurm's ids are numbers (also through its torque wrappers); OpenPBS's name the server: 12.login1.
+OPENPBS_JOB_ID = rf"\d+\.{topology.LOGIN.name}"
 ENDED = {"cancelled", "completed", "failed", "timeout", "ended"}
 
 
@@ -41,7 +46,7 @@ def _unreachable_from_laptop(address: str, port: int) -> bool:
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_submit_attach_kernel_list_cancel(hpcnb, cluster):
     job_id = hpcnb.submit(cluster, "--partition", "gpu", "--hours", "1")
-    assert job_id.isdigit()
+    assert re.fullmatch(OPENPBS_JOB_ID if "openpbs" in cluster else r"\d+", job_id), job_id
     try:
         with hpcnb.attach(job_id, cluster) as attached:
             status, _ = attached.http("GET", "/api/status")

@@ -19,7 +19,9 @@ from testbed.accounts import identity_file  # noqa: E402
 
 CLUSTER_CMD = HERE / "cluster"
 HPCNB_TOML = HERE / "hpcnb.toml"
-REQUIRED = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "qsub", "munged", "mariadbd", "ip", "nsenter")
+# psql and pg_config: OpenPBS's datastore (its pbs_db_env finds PostgreSQL through them).
+REQUIRED = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "qsub", "munged", "mariadbd", "ip", "nsenter",
+            "psql", "pg_config")
 
 
 def in_ci() -> bool:
@@ -49,11 +51,12 @@ def ensure_up() -> None:
 
 
 def ssh_argv(host: str = topology.LOGIN.addr, user: str = topology.USERS[0],
-             jump: bool = False) -> list[str]:
-    """OpenSSH as the laptop would run it, host keys checked strictly against the testbed's file."""
+             jump: bool = False, port: int = 22) -> list[str]:
+    """OpenSSH as the laptop would run it, host keys checked strictly against the testbed's file.
+    port topology.PBS_LOGIN_PORT: login1 as the OpenPBS cluster's login node."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={topology.KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=5", "-i", str(identity_file(user))]
+            "-o", "ConnectTimeout=5", "-i", str(identity_file(user)), "-p", str(port)]
     if jump:
         # ProxyCommand, not -J: -J does not hand the jump ssh our known_hosts and identity options.
         hop = ssh_argv(topology.LOGIN.addr, user)
@@ -69,10 +72,10 @@ def on_node(node: str, command: str, *, user: str = topology.USERS[0], input: st
 
 
 def ssh(command: str, *, host: str = topology.LOGIN.addr, user: str = topology.USERS[0],
-        jump: bool = False, input: str | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ssh_argv(host, user, jump), command], capture_output=True, text=True,
-                          input=input, timeout=timeout)
+        jump: bool = False, input: str | None = None, timeout: float = 60,
+        port: int = 22) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ssh_argv(host, user, jump, port), command], capture_output=True,
+                          text=True, input=input, timeout=timeout)
 
 
 # --- the gateway (ProxyJump, TOTP) ---------------------------------------------------------------

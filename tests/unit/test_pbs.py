@@ -1,15 +1,25 @@
-"""PBSScheduler: PBS Pro, Torque and Slurm's torque wrappers, against documented and captured output."""
+"""PBSScheduler: PBS Pro, OpenPBS, Torque and Slurm's torque wrappers, against documented and captured
+output."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from hpcnb.batch import BatchSystem
+from hpcnb.remote import CommandResult
 from hpcnb.schedulers import JobState, get_scheduler
-from hpcnb.schedulers.pbs import STATE_MAP, first_exec_host, parse_qstat_full
+from hpcnb.schedulers.pbs import (
+    EXIT_FINISHED_JOB,
+    EXIT_UNKNOWN_JOB,
+    STATE_MAP,
+    first_exec_host,
+    parse_qstat_full,
+)
 
 CAPTURED = Path(__file__).parent / "captured"
 pbs = get_scheduler("pbs")
@@ -121,6 +131,26 @@ TABLE = [
     ("torque_wrapper_qstat_f_22.05.txt", "6", JobState.COMPLETED, "node01", None, None, None, None),
     ("torque_wrapper_qstat_f_ended_22.05.txt", "3", JobState.COMPLETED, "node01", None, None, None,
      None),
+    # OpenPBS 23.06 on the testbed, live (tests/testbed/capture_openpbs.py): time left is the limit
+    # minus resources_used.walltime (00:00:00 until the MoM's first poll); ended jobs are F with
+    # substate 92 finished / 93 failed / 91 deleted, and the exit status, in `qstat -x`.
+    ("openpbs_qstat_f_running.txt", "0.login1", JobState.RUNNING, "node01", 600,
+     "Job run at Tue Dec 01 at 14:41 on (node01:ncpus=8)", None, None),
+    ("openpbs_qstat_f_queued.txt", "2.login1", JobState.PENDING, None, 300,
+     "Not Running: Not enough free nodes available", None, None),
+    ("openpbs_qstat_f_held.txt", "3.login1", JobState.HELD, None, 300, None, None, None),
+    ("openpbs_qstat_f_array.txt", "4[].login1", JobState.PENDING, None, 300,
+     "Not enough free nodes", None, None),
+    ("openpbs_qstat_xf_finished.txt", "5.login1", JobState.COMPLETED, "node01", None,
+     "and finished", None, "0"),
+    ("openpbs_qstat_xf_failed.txt", "6.login1", JobState.FAILED, "node01", None, "and failed",
+     None, "3"),
+    ("openpbs_qstat_xf_deleted.txt", "0.login1", JobState.CANCELLED, "node01", None,
+     "and terminated by hpcuser@login1", None, "271"),
+    ("openpbs_qstat_xf_deleted_held.txt", "3.login1", JobState.CANCELLED, None, None, None, None,
+     None),
+    ("openpbs_qstat_xf_array.txt", "4[].login1", JobState.COMPLETED, None, None,
+     "Job Array Began", None, "0"),
 ]
 
 
@@ -179,3 +209,86 @@ def test_wrapper_has_no_history_captured() -> None:
     assert pbs.history_unsupported(err, 2)
     assert not pbs.controller_unavailable(err, 2)
     assert not pbs.is_unknown_job_error(err, 2)
+
+
+# ---- OpenPBS 23.06, captured live on the testbed (tests/testbed/capture_openpbs.py) -------------
+
+
+def captured_run(name: str) -> CommandResult:
+    """A captured command: argv, exit status and stderr from its '## ' header, then its stdout."""
+    header, stdout = (CAPTURED / name).read_text().split("## ---\n", 1)
+    fields = dict(line[3:].split(": ", 1) for line in header.splitlines()
+                  if line.startswith(("## command: ", "## exit: ", "## stderr: ")))
+    stderr = "" if fields["stderr"] == "(none)" else fields["stderr"] + "\n"
+    return CommandResult(fields["command"].split(), int(fields["exit"]), stdout, stderr)
+
+
+def test_openpbs_one_query_for_many_jobs() -> None:
+    jobs = pbs.parse_status(captured_run("openpbs_qstat_f_active.txt").stdout)
+    assert {j: s.state for j, s in jobs.items()} == {
+        "0.login1": JobState.RUNNING, "2.login1": JobState.PENDING, "3.login1": JobState.HELD}
+    assert {s.partition for s in jobs.values()} == {"workq"}
+
+
+def test_openpbs_wrapped_values_keep_their_spaces() -> None:
+    """qstat breaks a long value at 78 columns, inside a word or before a space (src/cmds/qstat.c,
+    prt_attr): the continuation is taken as it is after its one tab, not stripped."""
+    attrs = parse_qstat_full(captured_run("openpbs_qstat_xf_deleted.txt").stdout)["0.login1"]
+    assert attrs["comment"].endswith(") and terminated by hpcuser@login1")
+    assert attrs["Submit_arguments"] == "-N hpcnb -l select=1:ncpus=8 -l walltime=00:10:00 -- /bin/sleep 300"
+    assert ",PBS_O_PATH=/opt/hpcnb-testbed/openpbs/bin:/usr/local/bin:/usr/bin:/bin:/usr/games," in (
+        attrs["Variable_List"])
+
+
+def test_openpbs_unknown_job_id() -> None:
+    run = captured_run("openpbs_qstat_f_unknown.txt")
+    assert (run.exit_status, run.stdout, run.stderr) == (
+        EXIT_UNKNOWN_JOB, "", "qstat: Unknown Job Id 999999.login1\n")
+    assert pbs.is_unknown_job_error(run.stderr, run.exit_status)
+    assert not pbs.controller_unavailable(run.stderr, run.exit_status)
+    assert pbs.parse_status(run.stdout) == {}
+
+
+def test_openpbs_finished_job_without_x_is_for_the_history() -> None:
+    run = captured_run("openpbs_qstat_f_finished.txt")
+    assert run.exit_status == EXIT_FINISHED_JOB and run.stdout == ""
+    assert "5.login1 Job has finished, use -x" in run.stderr
+    assert pbs.is_unknown_job_error(run.stderr, run.exit_status)
+    assert not pbs.controller_unavailable(run.stderr, run.exit_status)
+
+
+class ReplayRemote:
+    """The Remote protocol answering each command with a captured run (by its first words)."""
+
+    def __init__(self, answers: dict[tuple[str, ...], CommandResult]) -> None:
+        self.answers, self.asked = answers, []
+
+    def run(self, argv, *, stdin=None, timeout=60.0) -> CommandResult:
+        self.asked.append(list(argv))
+        key = next(k for k in self.answers if tuple(argv[:len(k)]) == k)
+        return replace(self.answers[key], argv=list(argv))
+
+
+def test_openpbs_running_and_finished_in_one_query_then_the_history() -> None:
+    """qstat -f exits 35 for the finished job but prints the running one: both are known after
+    one queue query and one history query (hpcnb/batch.py)."""
+    remote = ReplayRemote({
+        ("qstat", "-f"): captured_run("openpbs_qstat_f_running_and_finished.txt"),
+        ("env", "QSCACHE_BYPASS=1", "qstat", "-x", "-f"): captured_run("openpbs_qstat_xf_finished.txt"),
+    })
+    batch = BatchSystem(pbs, lambda: remote, cluster="testbed-openpbs")
+    statuses = batch.statuses(["1.login1", "5.login1"])
+    assert {j: s.state for j, s in statuses.items()} == {
+        "1.login1": JobState.RUNNING, "5.login1": JobState.COMPLETED}
+    assert statuses["1.login1"].node == "node02"
+    assert remote.asked == [["qstat", "-f", "1.login1", "5.login1"],
+                            ["env", "QSCACHE_BYPASS=1", "qstat", "-x", "-f", "5.login1"]]
+
+
+def test_openpbs_history_of_every_ended_kind() -> None:
+    ended = {name: pbs.parse_history(captured_run(f"openpbs_qstat_xf_{name}.txt").stdout)
+             for name in ("finished", "failed", "deleted", "deleted_held", "array")}
+    assert {name: [(s.state, s.exit_code) for s in jobs.values()] for name, jobs in ended.items()} == {
+        "finished": [(JobState.COMPLETED, "0")], "failed": [(JobState.FAILED, "3")],
+        "deleted": [(JobState.CANCELLED, "271")], "deleted_held": [(JobState.CANCELLED, None)],
+        "array": [(JobState.COMPLETED, "0")]}

@@ -6,12 +6,12 @@ import os
 import shutil
 import time
 
-from . import accounts, conffiles, net, services
+from . import accounts, conffiles, net, openpbs, openpbs_build, services
 from .proc import TestbedError, read_pid, stop_pid
-from .topology import HOSTS, NODES, PIDS, ROOT
+from .topology import HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT
 
-# Stopped in this order: the entry points first, the database last.
-DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES),
+# Stopped in this order: the entry points first, the databases last.
+DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES), *openpbs.DAEMONS,
            *(f"slurmd-{n.name}" for n in NODES), "slurmctld", "slurmdbd", "mariadb", "munged")
 
 
@@ -25,6 +25,9 @@ def up() -> None:
     accounts.ensure_totp()
     accounts.ensure_venv()
     accounts.ensure_wheels()
+    build_s = openpbs_build.ensure_built()
+    if build_s is not None:
+        print(f"openpbs: built in {build_s:.0f} s")
     net.up()
     services.start_all()
     services.check_laptop_view()
@@ -41,6 +44,7 @@ def down() -> None:
         for pid in net.pids_in(host):
             stop_pid(pid, grace=2.0)
     net.down()
+    openpbs.down()
     conffiles.PAM_FILE.unlink(missing_ok=True)
     shutil.rmtree(ROOT, ignore_errors=True)
     left = leftovers()
@@ -50,7 +54,7 @@ def down() -> None:
 
 
 def leftovers() -> list[str]:
-    found = net.leftovers()
+    found = net.leftovers() + openpbs.leftovers()
     if conffiles.PAM_FILE.exists():
         found.append(f"file {conffiles.PAM_FILE}")
     if PIDS.exists():
@@ -68,6 +72,7 @@ def status() -> int:
     if conffiles.PAM_FILE.exists():
         print(f"pam service      {conffiles.PAM_FILE.name}")
     print(f"venv             {'ready' if accounts.venv_ready() else 'missing'}")
+    print(f"openpbs build    {'ready' if openpbs_build.built() else 'missing'} ({OPENPBS_PREFIX})")
     return 0 if len(running) == len(DAEMONS) else 3
 
 

@@ -17,12 +17,15 @@ from .topology import (
     LOGIN_INNER_ADDR,
     NODES,
     OATH_USERS,
+    OPENPBS_PREFIX,
+    PBS_LOGIN_PORT,
     RUN,
     SLURM_CONF,
     SPOOL,
     SSH_CONFIG,
     USERS,
     Host,
+    pbs_conf_path,
 )
 
 # Slurm 22.05; see slurm.conf(5). The lines marked "notes" are checked facts from TESTBED-NOTES.md.
@@ -94,9 +97,28 @@ PrintMotd no
 MaxStartups 100:30:200
 MaxSessions 50
 Subsystem sftp internal-sftp
+{environment}"""
+
 # Users' commands find the testbed's Slurm configuration, as on a cluster where it is in /etc/slurm.
-SetEnv SLURM_CONF={slurm_conf}
+SLURM_ENV_TEXT = "SetEnv SLURM_CONF={slurm_conf}\n"
+
+# login1 is the login node of two clusters. Port 22 is the Slurm one, with Slurm's torque wrappers
+# (/usr/bin/qsub, ...) as its PBS commands; on PBS_LOGIN_PORT the same host is the login node of the
+# real OpenPBS cluster: its sessions find OpenPBS's commands first in PATH and login1's pbs.conf in
+# PBS_CONF_FILE (several PBS programs otherwise read /etc/pbs.conf), and nothing else differs. hpcnb
+# runs each command as argv through the user's shell (`bash -c`, not a login shell, so no profile
+# resets PATH), so the session's environment is all it takes: a site's `module load pbs`, done by
+# sshd for one port only. SetEnv overrides sshd's default PATH (sshd_config(5), SetEnv). A Match
+# block's SetEnv replaces a global one instead of adding to it (checked: `sshd -T -C lport=2222`),
+# so each port's block names all its variables and there is no global SetEnv.
+LOGIN_ENV_TEXT = """\
+Match LocalPort 22
+    SetEnv SLURM_CONF={slurm_conf}
+Match LocalPort {pbs_port}
+    SetEnv SLURM_CONF={slurm_conf} PBS_CONF_FILE={pbs_conf} PATH={pbs_path}
 """
+# Debian's OpenSSH default user PATH (its --with-default-path), after OpenPBS's bin.
+PBS_USER_PATH = f"{OPENPBS_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/games"
 
 
 # The gateway (bastion): a key AND a TOTP code, like a site with Duo or TOTP on its login nodes.
@@ -178,15 +200,17 @@ def ssh_config_text() -> str:
         known_hosts=KNOWN_HOSTS)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace a file others may be reading (concurrent test runs) without an empty moment."""
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Replace a file others may be reading (concurrent test runs) without an empty moment.
+    True when its text changed."""
     if path.exists() and path.read_text() == text:
         path.chmod(mode)
-        return
+        return False
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.chmod(mode)
     tmp.replace(path)
+    return True
 
 
 def write_gateway(host_key_of) -> None:
@@ -206,11 +230,24 @@ def slurm_conf() -> str:
                                   spool=SPOOL, run=RUN, log=LOG, nodes=nodes)
 
 
+def sshd_conf_text(host: Host, host_key: Path) -> str:
+    if host is LOGIN:
+        # Port 22 and PBS_LOGIN_PORT, on both of login1's addresses.
+        extra = f"Port {PBS_LOGIN_PORT}\nListenAddress {LOGIN_INNER_ADDR}\n"
+        environment = LOGIN_ENV_TEXT.format(slurm_conf=SLURM_CONF, pbs_port=PBS_LOGIN_PORT,
+                                            pbs_conf=pbs_conf_path(LOGIN), pbs_path=PBS_USER_PATH)
+    else:
+        extra, environment = "", SLURM_ENV_TEXT.format(slurm_conf=SLURM_CONF)
+    return SSHD_CONF_TEXT.format(addr=host.addr, extra_listen=extra, host_key=host_key, run=RUN,
+                                 name=host.name, environment=environment)
+
+
 def sshd_conf_path(host: Host):
     return ETC / f"sshd_config.{host.name}"
 
 
-def write_all(host_key_of) -> None:
+def write_all(host_key_of) -> set[str]:
+    """Every configuration file; the names of the hosts whose sshd_config changed."""
     for folder in (ETC, RUN, LOG, SPOOL / "ctld", *(SPOOL / f"d-{n.name}" for n in NODES)):
         folder.mkdir(parents=True, exist_ok=True)
     SLURM_CONF.write_text(slurm_conf())
@@ -218,10 +255,8 @@ def write_all(host_key_of) -> None:
     dbd = ETC / "slurmdbd.conf"
     dbd.write_text(SLURMDBD_CONF_TEXT.format(login_addr=LOGIN_INNER_ADDR, run=RUN, log=LOG))
     dbd.chmod(0o600)  # slurmdbd refuses a config readable by others
-    for host in (LOGIN, *NODES):
-        extra = f"ListenAddress {LOGIN_INNER_ADDR}\n" if host is LOGIN else ""
-        sshd_conf_path(host).write_text(SSHD_CONF_TEXT.format(
-            addr=host.addr, extra_listen=extra, host_key=host_key_of(host), run=RUN, name=host.name,
-            slurm_conf=SLURM_CONF))
+    changed = {host.name for host in (LOGIN, *NODES)
+               if write_atomic(sshd_conf_path(host), sshd_conf_text(host, host_key_of(host)))}
     write_gateway(host_key_of)
     ETC.chmod(0o755)
+    return changed

@@ -72,8 +72,12 @@ def up() -> None:
             sh(["ip", "-n", node.name, "addr", "add", f"{node.addr}/24", "dev", "eth0"])
         sh(["ip", "-n", LOGIN.name, "link", "set", port, "master", "br0", "up"])
         sh(["ip", "-n", node.name, "link", "set", "eth0", "up"])
-        # Nodes reach all of login1's addresses through it; login1 forwards nothing further.
-        sh(["ip", "-n", node.name, "route", "replace", "default", "via", LOGIN_INNER_ADDR])
+        # Nodes reach all of login1's addresses through it; login1 forwards nothing further. No
+        # default route: a DNS query to the machine's resolver then fails at once ("network is
+        # unreachable") instead of waiting out its timeout in login1's dropped packets; pbs_mom
+        # reverse-resolves each interface address as it starts (::1, fe80::...: 2 x 20 s).
+        sh(["ip", "-n", node.name, "route", "replace", TESTBED_NET, "via", LOGIN_INNER_ADDR])
+        sh(["ip", "-n", node.name, "route", "del", "default"], check=False)
     gateway_up()
 
 

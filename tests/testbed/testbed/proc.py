@@ -35,6 +35,14 @@ def in_host(host: Host, argv: Sequence[str]) -> list[str]:
             f'hostname {host.name} && exec "$@"', "sh", *argv]
 
 
+def in_host_etc(host: Host, argv: Sequence[str]) -> list[str]:
+    """As in_host, but through `ip netns exec`, which also bind-mounts /etc/netns/NAME/hosts over
+    /etc/hosts: sshd and its sessions, and OpenPBS, which refuses a host name that does not resolve
+    to the host's own non-loopback address (../shared/openpbs/README.md, pitfall 1)."""
+    return ["ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c",
+            f'hostname {host.name} && exec "$@"', "sh", *argv]
+
+
 def pid_file(name: str) -> Path:
     return PIDS / f"{name}.pid"
 

@@ -1,17 +1,30 @@
-"""The daemons: munge, MariaDB + slurmdbd, slurmctld on login1, slurmd on the nodes, sshd everywhere."""
+"""The daemons: munge, MariaDB + slurmdbd, slurmctld on login1, slurmd on the nodes, OpenPBS
+(openpbs.py), sshd everywhere."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import socket
 from pathlib import Path
 
-from . import conffiles
+from . import conffiles, openpbs
 from .accounts import host_key
-from .proc import TestbedError, in_host, read_pid, sh, start_daemon, wait_for
-from .topology import BIN, GATEWAY, GATEWAY_PAM_SERVICE, LOG, LOGIN, MYSQL_DATA, NODES, SLURM_CONF, Host
+from .proc import TestbedError, in_host, in_host_etc, read_pid, sh, start_daemon, wait_for
+from .topology import (
+    BIN,
+    GATEWAY,
+    GATEWAY_PAM_SERVICE,
+    LOG,
+    LOGIN,
+    MYSQL_DATA,
+    NODES,
+    PBS_LOGIN_PORT,
+    SLURM_CONF,
+    Host,
+)
 
 MYSQL_SOCKET = Path("/run/mysqld/mysqld.sock")
 
@@ -96,37 +109,44 @@ def sshd_binary(host: Host) -> str:
     return str(link)
 
 
-def start_sshd(host: Host) -> None:
+def start_sshd(host: Host, *, config_changed: bool = False) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     conf = conffiles.sshd_conf_path(host)
     sshd = sshd_binary(host)
     sh([sshd, "-t", "-f", str(conf)])
-    # `ip netns exec` (unlike nsenter) bind-mounts /etc/netns/NAME/hosts over /etc/hosts, so
-    # sessions on the host resolve the testbed's names, as on a cluster (the torque wrappers need it).
-    start_daemon(f"sshd-{host.name}", [
-        "ip", "netns", "exec", host.name, "unshare", "--uts", "sh", "-c",
-        f'hostname {host.name} && exec "$@"', "sh",
-        sshd, "-D", "-f", str(conf), "-E", str(LOG / f"sshd-{host.name}.log")])
+    running = read_pid(f"sshd-{host.name}")
+    if running and config_changed:
+        # A testbed brought up by an older `up` (login1 without PBS_LOGIN_PORT): sshd re-executes
+        # itself with the new file on SIGHUP, keeping its pid (sshd(8), SIGHUP).
+        os.kill(running, signal.SIGHUP)
+    # Sessions on the host resolve the testbed's names, as on a cluster (the torque wrappers and
+    # OpenPBS need it): in_host_etc.
+    start_daemon(f"sshd-{host.name}", in_host_etc(
+        host, [sshd, "-D", "-f", str(conf), "-E", str(LOG / f"sshd-{host.name}.log")]))
 
 
 def wait_for_sshd(host: Host) -> None:
+    ports = (22, PBS_LOGIN_PORT) if host is LOGIN else (22,)
+
     def answers() -> bool:
         argv = ["nsenter", f"--net=/run/netns/{host.name}", "python3", "-c",
-                "import socket,sys; s=socket.create_connection((sys.argv[1],22),1);"
-                "sys.exit(0 if s.recv(4)==b'SSH-' else 1)", host.addr]
+                "import socket,sys\nfor port in sys.argv[2:]:\n"
+                " s=socket.create_connection((sys.argv[1],int(port)),1)\n"
+                " assert s.recv(4)==b'SSH-'", host.addr, *map(str, ports)]
         return sh(argv, check=False).returncode == 0
 
-    wait_for(f"sshd on {host.name}", answers, timeout=30)
+    wait_for(f"sshd on {host.name} (ports {', '.join(map(str, ports))})", answers, timeout=30)
 
 
 def start_all() -> None:
-    conffiles.write_all(host_key)
+    changed = conffiles.write_all(host_key)
     start_munge()
     start_mariadb()
     start_slurmdbd()
     start_slurm()
+    openpbs.up()
     for host in (LOGIN, *NODES, GATEWAY):
-        start_sshd(host)
+        start_sshd(host, config_changed=host.name in changed)
     for host in (LOGIN, *NODES, GATEWAY):
         wait_for_sshd(host)
 

@@ -65,10 +65,35 @@ HOSTS = (LOGIN, *NODES, GATEWAY)
 
 def key_names(host: Host) -> list[str]:
     """The names the laptop may know a host's key under (login1 also by its inner address, which the
-    laptop reaches through the gateway)."""
-    extra = {LOGIN.name: [LOGIN_INNER_ADDR], GATEWAY.name: []}.get(host.name, [])
+    laptop reaches through the gateway, and as the OpenPBS cluster's login port)."""
+    extra = {LOGIN.name: [LOGIN_INNER_ADDR, f"[{LOGIN.addr}]:{PBS_LOGIN_PORT}"],
+             GATEWAY.name: []}.get(host.name, [])
     return [host.name, host.addr, *extra]
 
 
 def netns_path(host: Host) -> str:
     return f"/run/netns/{host.name}"
+
+
+# --- OpenPBS (issue 11): a second, real PBS cluster on the same hosts, beside Slurm ---------------
+# The build is kept across up/down (tests/testbed/testbed/openpbs_build.py).
+OPENPBS_PREFIX = Path("/opt/hpcnb-testbed/openpbs")
+OPENPBS_BUILD_LOG = Path("/opt/hpcnb-testbed/openpbs-build.log")
+# Its run-time files (each host's pbs.conf and PBS_HOME, the datastore), removed by `down`. Not under
+# ROOT: pbs_server refuses a PBS_HOME below a directory others may write to, such as /var/tmp
+# ("Security violation ... resolves to /var/tmp": src/lib/Liblog/chk_file_sec.c, teststat).
+PBS_ROOT = Path("/var/spool/hpcnb-testbed-pbs")
+# PBS_TMPDIR: qsub, run as the user, writes its copy of the script here (mode 1777, pitfall 5).
+OPENPBS_TMP = PBS_ROOT / "tmp"
+# login1's sshd also listens here; sessions on this port see real PBS first in PATH, and
+# PBS_CONF_FILE (conffiles.py, "Match LocalPort"). Port 22 keeps Slurm's torque wrappers.
+PBS_LOGIN_PORT = 2222
+
+
+def pbs_conf_path(host: Host) -> Path:
+    """Each host its own pbs.conf: they share one file system (pitfall 3)."""
+    return PBS_ROOT / host.name / "pbs.conf"
+
+
+def pbs_home(host: Host) -> Path:
+    return PBS_ROOT / host.name / "home"
