@@ -39,6 +39,7 @@ SCHEDULERS = tuple(SCHEDULER_CLASSES)  # hpcnb/schedulers/__init__.py: slurm, pb
 TUNNELS = ("direct", "node-ssh", "socket")
 JUPYTERS = ("lab", "notebook")
 PBS_RESOURCES = ("select", "flat")
+PBS_FLAVOURS = ("pro", "torque")
 # Which directive carries --partition / --account / --gpus: one of the scheduler's own choices.
 FLAG_KEYS = {"partition_flag": "partition_flags", "account_flag": "account_flags", "gpu_flag": "gpu_flags"}
 
@@ -88,6 +89,7 @@ class ClusterConfig:
     account_flag: str | None = None  # one of its account_flags (pbs: -A|-P, NCI Gadi)
     gpu_flag: str | None = None  # slurm: --gpus|--gres|--gpus-per-node ; pbs: ngpus|naccelerators
     pbs_resources: str = "select"  # pbs: "select" (-l select=1:ncpus=..) | "flat" (-l ncpus=..)
+    pbs_flavour: str = "pro"  # pbs: "pro" (PBS Pro, OpenPBS) | "torque" (-l nodes=1:ppn=N)
     # Site profiles (hpcnb.profiles) and what the site file says about itself:
     profiles: tuple[Profile, ...] = ()
     resources: tuple[tuple[str, str], ...] = ()  # pbs: -l resources every job gets (ALCF filesystems)
@@ -155,7 +157,7 @@ _KEYS: dict[str, str] = {
     "extra_directives": "strlist", "template_dir": "str", "start_timeout": "int",
     "walltime_warning": "int", "max_hours": "number", "description": "str", "docs": "str",
     "python": "str", "account_required": "bool", "partition_flag": "str",
-    "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str",
+    "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
     "resources": "resources",
 }  # fmt: skip
@@ -247,6 +249,11 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     _one_of(values.get("tunnel", "direct"), TUNNELS, "tunnel", where)
     _one_of(values.get("jupyter", "lab"), JUPYTERS, "jupyter", where)
     _one_of(values.get("pbs_resources", "select"), PBS_RESOURCES, "pbs_resources", where)
+    _one_of(values.get("pbs_flavour", "pro"), PBS_FLAVOURS, "pbs_flavour", where)
+    if values.get("pbs_flavour") == "torque" and values.get("account_flag") == "-P":
+        # qsub(1) in Torque: -P is the user the job runs as (proxy user), not a project.
+        raise ConfigError(f"{where}: account_flag = \"-P\" means a proxy user in Torque, not a "
+                          "project: use -A")
     host = values.get("login_host")
     if sched != "local" and not host:
         raise ConfigError(f"{where}: cluster {name!r} (scheduler {sched}) needs login_host")

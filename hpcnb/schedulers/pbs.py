@@ -143,6 +143,8 @@ def pbs_mem(mb: int) -> str:
 def resources(cfg: ClusterConfig, request: JobRequest, gpu_flag: str) -> str:
     """The `-l` chunk: select=1:ncpus=N:mem=Xgb (PBS Pro), or ncpus=N,mem=Xgb where the site wants
     plain resources (cfg.pbs_resources = "flat"); "" when the request names none."""
+    if cfg.pbs_flavour == "torque":
+        return torque_resources(request)
     parts = []
     if request.cpus:
         parts.append(f"ncpus={request.cpus}")
@@ -155,6 +157,16 @@ def resources(cfg: ClusterConfig, request: JobRequest, gpu_flag: str) -> str:
     if cfg.pbs_resources == "flat":
         return ",".join(parts)
     return ":".join(["select=1", *parts])
+
+
+def torque_resources(request: JobRequest) -> str:
+    """Torque's resource syntax (qsub(1), pbs_resources(7) in Torque): -l nodes=1:ppn=N[:gpus=G]
+    for cores and GPUs on one node, mem=X beside it. PBS Pro's select= is not Torque's."""
+    node = ""
+    if request.cpus or request.gpus:
+        node = f"nodes=1:ppn={request.cpus or 1}" + (f":gpus={request.gpus}" if request.gpus else "")
+    mem = f"mem={pbs_mem(request.mem_mb)}" if request.mem_mb else ""
+    return ",".join(part for part in (node, mem) if part)
 
 
 def first_exec_host(exec_host: str | None) -> str | None:

@@ -76,12 +76,12 @@ def test_unknown_job_id(hpcnb, command):
 
 
 def test_job_of_another_cluster(hpcnb):
-    job_id = hpcnb.submit("testbed-pbs", "--hours", "0.25")
+    job_id = hpcnb.submit("testbed-torque", "--hours", "0.25")
     try:
         proc = hpcnb.run("attach", job_id, "--cluster", "testbed", "--no-browser")
-        one_clear_line(proc, 8, "testbed-pbs")
+        one_clear_line(proc, 8, "testbed-torque")
     finally:
-        hpcnb.run("cancel", job_id, "--cluster", "testbed-pbs")
+        hpcnb.run("cancel", job_id, "--cluster", "testbed-torque")
 
 
 @pytest.fixture

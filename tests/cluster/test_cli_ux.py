@@ -16,6 +16,6 @@ def test_verbose_shows_commands_run_on_the_cluster(testbed, tmp_path):
 
 
 def test_quiet_doctor_prints_nothing_when_all_is_well(testbed, tmp_path):
-    proc = Hpcnb(tmp_path / "state", config=testbed).run("-q", "doctor", "--cluster", "testbed-pbs")
+    proc = Hpcnb(tmp_path / "state", config=testbed).run("-q", "doctor", "--cluster", "testbed-torque")
     assert proc.returncode == 0
     assert proc.stdout == "" and proc.stderr == ""

@@ -28,7 +28,7 @@ def variant(testbed: Path, tmp_path: Path, name: str, **changes: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("cluster", ["testbed", "testbed-pbs"])
+@pytest.mark.parametrize("cluster", ["testbed", "testbed-torque"])
 def test_doctor_passes_on_the_testbed(testbed, tmp_path, cluster):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
     proc = hpcnb.run("doctor", "--cluster", cluster)

@@ -17,7 +17,7 @@ from testbed import topology
 
 pytestmark = pytest.mark.cluster
 
-CLUSTERS = ["testbed", "testbed-node-ssh", "testbed-pbs", "testbed-pbs-node-ssh",
+CLUSTERS = ["testbed", "testbed-node-ssh", "testbed-torque", "testbed-torque-node-ssh",
             "testbed-openpbs", "testbed-openpbs-node-ssh", "testbed-openpbs-socket"]
 # Slurm's ids are numbers (also through its torque wrappers); OpenPBS's name the server: 12.login1.
 OPENPBS_JOB_ID = rf"\d+\.{topology.LOGIN.name}"

@@ -38,8 +38,8 @@ def test_commands(tmp_path):
 
 def test_cluster_names_from_sites_and_user_config(tmp_path):
     names = complete("hpcnb submit --cluster ", tmp_path)
-    assert {"testbed", "testbed-pbs", "perlmutter", "gadi", "local"} <= set(names)
-    assert complete("hpcnb list -c testbed-pbs", tmp_path) == ["testbed-pbs", "testbed-pbs-node-ssh"]
+    assert {"testbed", "testbed-torque", "perlmutter", "gadi", "local"} <= set(names)
+    assert complete("hpcnb list -c testbed-torque", tmp_path) == ["testbed-torque", "testbed-torque-node-ssh"]
 
 
 def test_a_broken_config_still_completes_site_names(tmp_path):
@@ -56,11 +56,11 @@ def test_job_ids_from_the_local_store_without_creating_it(tmp_path):
     now = time.time()
     with Store(state / "sessions.db") as store:
         for cluster, job_id, ended in (("testbed", "101", None), ("testbed", "102", now),
-                                       ("testbed-pbs", "201", None)):
+                                       ("testbed-torque", "201", None)):
             store.add(SessionRecord(cluster=cluster, job_id=job_id, name="nb", scheduler="slurm",
                                     partition="debug", tunnel="direct", submitted_at=now, state="running",
                                     node=None, time_left_s=None, updated_at=now, ended_at=ended))
     assert sorted(complete("hpcnb attach ", state)) == ["101", "201"]      # active only
     assert sorted(complete("hpcnb logs ", state)) == ["101", "102", "201"]  # ended ones have logs
-    assert complete("hpcnb cancel --cluster testbed-pbs ", state) == ["201"]
+    assert complete("hpcnb cancel --cluster testbed-torque ", state) == ["201"]
     assert sorted(complete("hpcnb logs 10", state, config=None)) == ["101", "102"]

@@ -11,7 +11,7 @@ from hpcnb_driver import Hpcnb
 TESTBED_CONFIG = Path(__file__).resolve().parents[1] / "testbed" / "hpcnb.toml"
 
 
-@pytest.mark.parametrize("cluster", ["testbed", "testbed-pbs", "local"])
+@pytest.mark.parametrize("cluster", ["testbed", "testbed-torque", "local"])
 def test_dry_run_prints_a_script_that_passes_bash_n(tmp_path, cluster):
     hpcnb = Hpcnb(tmp_path / "state", config=TESTBED_CONFIG)
     proc = hpcnb.run("submit", "--cluster", cluster, "--dry-run", "--hours", "2", "--name", "nb1",

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,17 @@ def test_a_setup_line_ending_in_a_backslash_is_refused() -> None:
     cfg = dataclasses.replace(load_cluster("local"), setup=("echo trailing \\",))
     with pytest.raises(ConfigError, match="ends in a backslash"):
         render_script(cfg, build_request(cfg), "local")
+
+
+def test_torque_flavour_gets_nodes_ppn_not_select(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[clusters.t]\nscheduler = "pbs"\npbs_flavour = "torque"\nlogin_host = "h"\n')
+    monkeypatch.setenv("HPCNB_CONFIG", str(config))
+    cfg = load_cluster("t")
+    d = directives(render_script(cfg, build_request(cfg, cpus=4, gpus=1, mem="4G"), "pbs"))
+    assert "#PBS -l nodes=1:ppn=4:gpus=1,mem=4gb" in d
+    assert not any("select" in line for line in d)
+    config.write_text('[clusters.t]\nscheduler = "pbs"\npbs_flavour = "torque"\nlogin_host = "h"\n'
+                      'account_flag = "-P"\n')
+    with pytest.raises(ConfigError, match="proxy user"):
+        load_cluster("t")
