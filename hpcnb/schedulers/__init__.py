@@ -6,6 +6,7 @@ from hpcnb.schedulers.base import JobState, JobStatus, Scheduler
 from hpcnb.schedulers.local import LocalScheduler
 from hpcnb.schedulers.lsf import LSFScheduler
 from hpcnb.schedulers.pbs import PBSScheduler
+from hpcnb.schedulers.sge import SGEScheduler
 from hpcnb.schedulers.slurm import SlurmScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -13,6 +14,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "pbs": PBSScheduler,
     "local": LocalScheduler,
     "lsf": LSFScheduler,
+    "sge": SGEScheduler,
 }
 
 

@@ -99,7 +99,7 @@ def test_user_defined_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\nport = true\n', ["'port'", "integer"]),
         ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\nsetup = "ls"\n', ["list of strings"]),
         ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\nmax_hours = nan\n', ["number"]),
-        ('[clusters.x]\nscheduler = "sge"\nlogin_host = "h"\n', ["scheduler", "'sge'"]),
+        ('[clusters.x]\nscheduler = "htcondor"\nlogin_host = "h"\n', ["scheduler", "'htcondor'"]),
         ('[clusters.x]\nscheduler = "slurm"\nlogin_host = "h"\ntunnel = "vpn"\n', ["tunnel"]),
         ('[clusters.x]\nscheduler = "slurm"\n', ["needs login_host"]),
         ('[clusters.x]\nlogin_host = "h"\n', ["needs scheduler"]),

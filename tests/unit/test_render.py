@@ -168,8 +168,8 @@ def test_shq() -> None:
 
 def test_unknown_scheduler() -> None:
     cfg = load_cluster("local")
-    with pytest.raises(ConfigError, match="sge"):
-        render_script(cfg, build_request(cfg), "sge")
+    with pytest.raises(ConfigError, match="htcondor"):
+        render_script(cfg, build_request(cfg), "htcondor")
 
 
 def test_template_dir_override(tmp_path) -> None:  # type: ignore[no-untyped-def]
