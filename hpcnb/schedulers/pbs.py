@@ -184,6 +184,10 @@ def _time_left(attrs: dict[str, str], state: JobState) -> int | None:
     if limit is None or state.is_final:
         return None
     used = parse_duration(attrs.get("resources_used.walltime", ""))
+    if used is None and state is JobState.RUNNING and "stime" in attrs:
+        # PBS Pro / OpenPBS: started (stime) but the MoM has not reported its first usage yet
+        # (it does so periodically, OpenPBS src/resmom/mom_main.c): it has only just begun.
+        used = 0
     if used is None:
         # Slurm's wrapper prints no resources_used: we cannot tell for a started job.
         return limit if state in {JobState.PENDING, JobState.HELD} else None

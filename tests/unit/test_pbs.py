@@ -13,6 +13,7 @@ import pytest
 from hpcnb.batch import BatchSystem
 from hpcnb.remote import CommandResult
 from hpcnb.schedulers import JobState, get_scheduler
+from hpcnb.schedulers.base import parse_duration
 from hpcnb.schedulers.pbs import (
     EXIT_FINISHED_JOB,
     EXIT_UNKNOWN_JOB,
@@ -292,3 +293,14 @@ def test_openpbs_history_of_every_ended_kind() -> None:
         "finished": [(JobState.COMPLETED, "0")], "failed": [(JobState.FAILED, "3")],
         "deleted": [(JobState.CANCELLED, "271")], "deleted_held": [(JobState.CANCELLED, None)],
         "array": [(JobState.COMPLETED, "0")]}
+
+
+def test_a_job_that_just_started_has_its_whole_walltime_left() -> None:
+    # OpenPBS, before its MoM's first usage report: stime is set, resources_used is not.
+    text = captured("openpbs_qstat_f_running.txt")
+    fresh = "\n".join(line for line in text.splitlines() if "resources_used." not in line)
+    (status,) = pbs.parse_status(fresh).values()
+    assert status.state is JobState.RUNNING
+    limit = next(line.split("=", 1)[1].strip() for line in text.splitlines()
+                 if "Resource_List.walltime" in line)
+    assert status.time_left_s == parse_duration(limit)
