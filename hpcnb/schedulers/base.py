@@ -194,10 +194,14 @@ def parse_duration(text: str) -> int | None:
     return ((days * 24 + hours) * 60 + int(m["m"])) * 60 + int(m["s"])
 
 
-def check_ids(job_ids: Sequence[str]) -> list[str]:
-    """Job ids are passed as argv words; refuse anything that could be read as an option."""
+def check_ids(job_ids: Sequence[str], shape: re.Pattern[str] | None = None,
+              what: str = "a job id") -> list[str]:
+    """Job ids are passed as argv words; refuse anything that could be read as an option, and,
+    with `shape`, anything that is not this scheduler's kind of id."""
     ids = [str(j).strip() for j in job_ids]
     for j in ids:
         if not j or j.startswith("-") or any(c.isspace() or c == "," for c in j):
             raise ValueError(f"not a job id: {j!r}")
+        if shape is not None and not shape.match(j):
+            raise ValueError(f"not {what}: {j!r}")
     return ids

@@ -100,11 +100,7 @@ _NO_VALUE = {"", "-"}
 
 def lsf_ids(job_ids: Sequence[str]) -> list[str]:
     """Job ids as argv words: check_ids, then only `1234` or `1234[5]` (never 0, never an option)."""
-    ids = check_ids(job_ids)
-    for j in ids:
-        if not _JOB_ID_RE.match(j):
-            raise ValueError(f"not an LSF job id: {j!r}")
-    return ids
+    return check_ids(job_ids, _JOB_ID_RE, "an LSF job id")
 
 
 def lsf_runlimit(seconds: int) -> str:

@@ -90,11 +90,7 @@ _HISTORY_SH = 'for j do qacct -j "$j"; done; exit 0'
 
 def sge_ids(job_ids: Sequence[str]) -> list[str]:
     """Job ids as argv words: check_ids, then digits only (a task "9.2" is asked for as "9")."""
-    ids = check_ids(job_ids)
-    for j in ids:
-        if not _DIGITS.match(j):
-            raise ValueError(f"not a Grid Engine job id: {j!r}")
-    return ids
+    return check_ids(job_ids, _DIGITS, "a Grid Engine job id")
 
 
 def sge_mem_per_slot(mem_mb: int, slots: int | None) -> str:

@@ -39,8 +39,8 @@ from hpcnb.render import render_script, shq
 from hpcnb.request import build_request
 
 BASH = shutil.which("bash") or "/bin/bash"
-SCHEDULERS = ("slurm", "pbs", "local", "lsf")
-DIRECTIVE = re.compile(r"^#(SBATCH|PBS|BSUB) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
+SCHEDULERS = ("slurm", "pbs", "local", "lsf", "sge")
+DIRECTIVE = re.compile(r"^#(SBATCH|PBS|BSUB|\$) -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 SENTINEL = "SENTINEL"
 # Render-only checks are cheap (one `bash -n`); the run checks start bash, mkdir, the stub...
 RENDER_EXAMPLES = 1500  # flags: ~7 ms each (one `bash -n`)
@@ -158,7 +158,7 @@ def check_static(script: str, cfg: ClusterConfig, notebook_dir: str | None) -> N
     event("rendered")
     bash_n(script)
     for line in script.split("\n"):
-        if line.startswith(("#SBATCH", "#PBS", "#BSUB")):
+        if line.startswith(("#SBATCH", "#PBS", "#BSUB", "#$")):
             assert DIRECTIVE.match(line), line
     exports = {}
     for line in script.split("\n"):
@@ -187,7 +187,7 @@ def run_script(script: str, ws: Path) -> tuple[Path, dict[str, str] | None, int]
     (work / "job.sh").write_text(script)
     env = {"HOME": str(work / "home"), "PATH": str(ws / "tools"), "LANG": "C.UTF-8",
            "HPCNB_JOB_ID": "4242", "SLURM_JOB_ID": "4242", "PBS_JOBID": "4242",
-           "LSB_JOBID": "4242"}  # fmt: skip
+           "LSB_JOBID": "4242", "JOB_ID": "4242"}  # fmt: skip
     proc = subprocess.Popen(
         [BASH, "job.sh"], cwd=work, env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
