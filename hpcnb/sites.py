@@ -91,7 +91,7 @@ def starter_config(cluster: str, site: dict[str, Any] | None) -> str:
         ]
     else:
         lines += [
-            'scheduler = "slurm"                  # slurm | pbs | local',
+            'scheduler = "slurm"                  # slurm | pbs | lsf | sge | local',
             'login_host = "login.hpc.example.edu" # CHANGE ME: the login node you ssh to',
             '# user = "alice"                     # your user name there (default: this machine\'s)',
             '# port = 22',
