@@ -96,8 +96,7 @@ def install(cluster: Cluster, path: str | None = None, pip_options: tuple[str, .
     """Make (or complete) the env on the cluster and check it as a job would use it."""
     cfg = cluster.cfg
     target = check_path(path or cfg.jupyter_env or DEFAULT_ENV, cfg.account)
-    site_setup = tuple(line for line in cfg.setup if not line.rstrip().endswith("/bin/activate"))
-    script = install_script(site_setup, cfg.python, target, check_pip_options(pip_options))
+    script = install_script(_site_setup(cluster), cfg.python, target, check_pip_options(pip_options))
     argv = ["bash", "-lc", script]
     result = cluster.remote.run(argv, timeout=INSTALL_TIMEOUT_S)
     out = result.stdout.splitlines()
@@ -105,11 +104,13 @@ def install(cluster: Cluster, path: str | None = None, pip_options: tuple[str, .
     if result.exit_status != 0 or not found:
         raise CommandError(f"could not install JupyterLab on {cfg.name}", argv=["bash", "-lc", "..."],
                            exit_status=result.exit_status, stderr=result.stderr,
-                           hint="pip's own message is above the last line; `hpcnb -v` shows more")
+                           hint="check the site's setup lines, and that the login host reaches the "
+                                "package index (else --pip-option=--index-url=...)")
     versions = out[-1].split() if out else []
     installed = Installed(found[-1], *[*versions, "?", "?"][:2])
-    check = cluster.remote.run(["bash", "-c", jupyter_script((*site_setup, installed.activate),
-                                                             cfg.python, cfg.jupyter)], timeout=300)
+    setup = tuple(setup_with(cluster, installed))
+    check = cluster.remote.run(["bash", "-c", jupyter_script(setup, cfg.python, cfg.jupyter)],
+                               timeout=300)
     if check.exit_status != 0:
         raise CommandError(f"the new env at {installed.path} does not start JupyterLab",
                            argv=["bash", "-c", "..."], exit_status=check.exit_status,
@@ -117,7 +118,11 @@ def install(cluster: Cluster, path: str | None = None, pip_options: tuple[str, .
     return installed
 
 
+def _site_setup(cluster: Cluster) -> tuple[str, ...]:
+    """The cluster's setup lines without an env activation (an earlier install's, or a broken one)."""
+    return tuple(line for line in cluster.cfg.setup if not line.rstrip().endswith("/bin/activate"))
+
+
 def setup_with(cluster: Cluster, installed: Installed) -> list[str]:
     """The cluster's setup lines, its old env activation replaced by the new env's."""
-    site_setup = [line for line in cluster.cfg.setup if not line.rstrip().endswith("/bin/activate")]
-    return [*site_setup, installed.activate]
+    return [*_site_setup(cluster), installed.activate]

@@ -37,8 +37,9 @@ class Session:
 
     def __init__(self, cluster: Cluster, job_id: str, *, status: JobStatus | None = None,
                  fresh: bool = False) -> None:
-        self.cluster, self.job_id = cluster, hs.check_job_id(job_id)
-        self.files = cluster.files(job_id)
+        self.cluster = cluster
+        self.files = cluster.files(job_id)  # checks the job id first
+        self.job_id = self.files.job_id
         self.status = status
         self._fresh = fresh  # just submitted: nothing of it can be up yet
         self._handshake: hs.Handshake | None = None

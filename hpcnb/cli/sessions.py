@@ -21,7 +21,7 @@ from hpcnb.cli.options import (
     no_browser_option,
     port_option,
 )
-from hpcnb.cli.output import UI, duration, print_json, print_table, say
+from hpcnb.cli.output import duration, print_json, print_table, say
 
 if TYPE_CHECKING:
     from hpcnb.cli.status import StatusTicker
@@ -224,4 +224,3 @@ def logs(job_id: str, cluster: str | None, follow: bool, accept_new_host_key: bo
 
 
 COMMANDS = (submit, attach, list_, cancel, logs)
-__all__ = ["COMMANDS", "UI", "sigterm_is_interrupt"]

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import CAPTURED, captured
 
 from hpcnb.config import ClusterConfig, load_cluster
 from hpcnb.errors import UsageError
@@ -26,14 +27,9 @@ from hpcnb.schedulers.lsf import (
     time_left,
 )
 
-CAPTURED = Path(__file__).parent / "captured"
 lsf = get_scheduler("lsf")
 DIRECTIVE = re.compile(r"^#BSUB -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 
-
-def captured(name: str) -> str:
-    """A composed sample without its '## ' provenance header (ends at '## ---')."""
-    return (CAPTURED / name).read_text().split("## ---\n", 1)[1]
 
 
 def test_identity_and_registry() -> None:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakes import CAPTURED, captured
 
 from hpcnb.batch import BatchSystem
 from hpcnb.remote import CommandResult
@@ -22,12 +23,8 @@ from hpcnb.schedulers.pbs import (
     parse_qstat_full,
 )
 
-CAPTURED = Path(__file__).parent / "captured"
 pbs = get_scheduler("pbs")
 
-
-def captured(name: str) -> str:
-    return (CAPTURED / name).read_text().split("## ---\n", 1)[1]
 
 
 def test_identity() -> None:

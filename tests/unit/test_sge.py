@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import CAPTURED, captured
 
 from hpcnb.config import ClusterConfig
 from hpcnb.render import render_script
@@ -24,14 +25,9 @@ from hpcnb.schedulers.sge import (
     sge_mem_per_slot,
 )
 
-CAPTURED = Path(__file__).parent / "captured"
 sge = get_scheduler("sge")
 DIRECTIVE = re.compile(r"^#\$ -[A-Za-z0-9 ._:=/@+,%-]+\Z")
 
-
-def captured(name: str) -> str:
-    """A capture without its '## ' provenance header (ends at '## ---')."""
-    return (CAPTURED / name).read_text().split("## ---\n", 1)[1]
 
 
 def test_identity_and_registry() -> None:

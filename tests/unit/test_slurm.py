@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from fakes import captured
 
 from hpcnb.schedulers import JobState, get_scheduler
 from hpcnb.schedulers.slurm import STATE_MAP, first_host, map_state, time_left
 
-CAPTURED = Path(__file__).parent / "captured"
 slurm = get_scheduler("slurm")
 
-
-def captured(name: str) -> str:
-    """A captured sample without its '## ' provenance header (ends at '## ---')."""
-    text = (CAPTURED / name).read_text()
-    return text.split("## ---\n", 1)[1]
 
 
 def test_identity() -> None:
