@@ -181,3 +181,51 @@ def derived_config(path: Path, base: Path, clusters: dict[str, tuple[str, dict]]
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+class Background:
+    """An hpcnb command running in the background; its stderr collected line by line."""
+
+    def __init__(self, hpcnb: Hpcnb, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "hpcnb", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=hpcnb.env,
+                                     stdin=subprocess.DEVNULL)
+        self.err: list[str] = []
+        self.out: list[str] = []
+        threading.Thread(target=self._drain, args=(self.proc.stderr, self.err), daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.proc.stdout, self.out), daemon=True).start()
+
+    @staticmethod
+    def _drain(stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.proc.poll() is not None
+            if exited:
+                time.sleep(0.3)  # let the reader threads take the last lines
+            for line in list(self.err + self.out):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if exited or time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout} s; stderr:\n{self.stderr()}")
+            time.sleep(0.2)
+
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def finish(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        time.sleep(0.2)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
