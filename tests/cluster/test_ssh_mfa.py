@@ -14,8 +14,8 @@ from hpcnb_driver import Hpcnb
 from testbed import topology, totp
 
 from hpcnb.errors import SSHError
+from hpcnb.prompts import Prompt
 from hpcnb.ssh import SSHRemote
-from hpcnb.ssh.auth import Prompt
 
 pytestmark = pytest.mark.cluster
 

@@ -17,8 +17,8 @@ import paramiko
 import pytest
 
 from hpcnb.errors import AuthenticationFailed
-from hpcnb.ssh import auth
-from hpcnb.ssh.auth import Credentials, Prompt, askpass_or_terminal, authenticate
+from hpcnb.prompts import ASKPASS_ENV, Prompt, askpass_or_terminal
+from hpcnb.ssh.auth import Credentials, authenticate
 from hpcnb.ssh.hostkeys import fingerprint
 
 HOST, USER = "login.example.org", "alice"
@@ -113,7 +113,7 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[FakeAgent]:
     monkeypatch.setattr(FakeAgent, "closed", 0)
     monkeypatch.setattr(paramiko, "Agent", FakeAgent)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(auth.ASKPASS_ENV, raising=False)
+    monkeypatch.delenv(ASKPASS_ENV, raising=False)
     return FakeAgent
 
 
@@ -418,7 +418,7 @@ def script(tmp_path: Path, body: str) -> str:
 def askpass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
     def use(body: str) -> str:
         program = script(tmp_path, body)
-        monkeypatch.setenv(auth.ASKPASS_ENV, program)
+        monkeypatch.setenv(ASKPASS_ENV, program)
         return program
 
     yield use
@@ -443,7 +443,7 @@ def test_askpass_failure(askpass: Callable[[str], str]) -> None:
 
 
 def test_askpass_missing_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(auth.ASKPASS_ENV, str(tmp_path / "no-such-program"))
+    monkeypatch.setenv(ASKPASS_ENV, str(tmp_path / "no-such-program"))
     with pytest.raises(AuthenticationFailed, match=r"HPCNB_ASKPASS program .* failed"):
         askpass_or_terminal(Prompt(HOST, USER, "Code: ", False))
 
