@@ -1,8 +1,9 @@
 """Attaching: a tunnel from 127.0.0.1 on this machine to a job's notebook, checked before its URL
 is handed out, and held while the job is watched.
 
-The local end is hpcnb.tunnel's; the far end per tunnel mode is hpcnb.ssh.openers' (or, for the
-`local` backend, a plain TCP connection to the notebook on this machine).
+The local end is hpcnb.tunnel's, in this process, with the far end per tunnel mode from
+hpcnb.ssh.openers (or, for the `local` backend, a plain TCP connection to the notebook on this
+machine); with a keeper (hpcnb.keeper), the keeper serves both ends.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hpcnb.errors import HpcnbError
 from hpcnb.handshake import Handshake
@@ -34,14 +35,36 @@ class OpenTunnel:
     """Serve until the given event is set (or Ctrl-C), or raise JobEnded when the notebook ends."""
 
 
+class Listening(Protocol):
+    """A local end that serves 127.0.0.1:port until stopped: hpcnb.tunnel.Tunnel, or a tunnel a
+    keeper serves (hpcnb.keeper.client.KeptForward)."""
+
+    port: int
+
+    def stop(self) -> object: ...
+
+
 @dataclass(frozen=True)
 class Far:
-    """The far end of a tunnel: an opener for Tunnel, the connection to read the job's files over
-    while attached (None while it reconnects), and what to close afterwards."""
+    """The far end of a tunnel: how to listen for it on 127.0.0.1 (a port, 0 for a free one), the
+    connection to read the job's files over while attached (None while it reconnects), and what
+    to close afterwards."""
 
-    opener: Callable[[], Any]
+    listen: Callable[[int, Notify], Listening]
     files_remote: Callable[[], Remote | None]
     close: Callable[[], None]
+
+
+def _served_here(opener: Callable[[], Any]) -> Callable[[int, Notify], Listening]:
+    """Listen in this process, each connection's far end from `opener`."""
+
+    def listen(port: int, notify: Notify) -> Listening:
+        local = Tunnel(opener, port=port, notify=notify)
+        local.start()
+        local.serve_in_thread()
+        return local
+
+    return listen
 
 
 def local_far(handshake: Handshake, remote: Remote) -> Far:
@@ -53,7 +76,16 @@ def local_far(handshake: Handshake, remote: Remote) -> Far:
         sock.settimeout(None)
         return sock
 
-    return Far(opener, lambda: remote, lambda: None)
+    return Far(_served_here(opener), lambda: remote, lambda: None)
+
+
+def _target(handshake: Handshake, node: str | None) -> dict[str, Any]:
+    """Where the notebook listens (hpcnb.ssh.Target's fields): the node the scheduler named wins,
+    the handshake's own name for it is an alias its host key may be known under."""
+    target_node = node or handshake.node
+    aliases = tuple(n for n in (handshake.node,) if n and n != target_node)
+    return {"mode": handshake.tunnel, "host": handshake.host, "port": handshake.port,
+            "socket": handshake.socket, "node": target_node, "node_aliases": aliases}
 
 
 def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], node: str | None, *,
@@ -61,13 +93,20 @@ def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], 
     """A cluster: over SSH, per the handshake's tunnel mode (hpcnb.ssh.openers)."""
     from hpcnb.ssh import NotebookRoute, Target  # paramiko is slow to import: only when attaching
 
-    target_node = node or handshake.node
-    aliases = tuple(n for n in (handshake.node,) if n and n != target_node)
-    target = Target(handshake.tunnel, handshake.host, handshake.port, handshake.socket,
-                    target_node, aliases)
-    route = NotebookRoute(target, login, connect_login, accept_new_host_key=accept_new_host_key,
-                          notify=notify)
-    return Far(route, route.login, route.close)
+    route = NotebookRoute(Target(**_target(handshake, node)), login, connect_login,
+                          accept_new_host_key=accept_new_host_key, notify=notify)
+    return Far(_served_here(route), route.login, route.close)
+
+
+def kept_far(handshake: Handshake, kept: Any, node: str | None) -> Far:
+    """A cluster with a keeper (hpcnb.keeper): the keeper listens and forwards, so the bytes are
+    encrypted once, and the port stays when the keeper logs in again after a drop."""
+
+    def listen(port: int, _notify: Notify) -> Listening:
+        forward: Listening = kept.forward(_target(handshake, node), port)
+        return forward
+
+    return Far(listen, lambda: kept, lambda: None)
 
 
 def check_answers(local_port: int, handshake: Handshake, timeout: float | None = None) -> None:
@@ -98,10 +137,10 @@ def tunnel(handshake: Handshake, far: Far, *, port: int | None, notify: Notify,
            ) -> Iterator[OpenTunnel]:
     """Listen on 127.0.0.1 (port, or a free one), check that the notebook answers through it, and
     give its URL; everything is closed on leaving."""
-    local = Tunnel(far.opener, port=port or 0, notify=notify)
+    local: Listening | None = None
     try:
-        local_port = local.start()
-        local.serve_in_thread()
+        local = far.listen(port or 0, notify)
+        local_port = local.port
         check_answers(local_port, handshake)
 
         def hold(stop: threading.Event | None = None) -> None:
@@ -109,5 +148,6 @@ def tunnel(handshake: Handshake, far: Far, *, port: int | None, notify: Notify,
 
         yield OpenTunnel(handshake.url(local_port), local_port, hold)
     finally:
-        local.stop()
+        if local is not None:
+            local.stop()
         far.close()

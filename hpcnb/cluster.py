@@ -62,6 +62,11 @@ class Cluster:
     def is_local(self) -> bool:
         return self.cfg.scheduler == "local"
 
+    @property
+    def kept(self) -> bool:
+        """Whether commands go through a keeper (hpcnb.keeper): one login for many commands."""
+        return not self.is_local and self.cfg.persist is not None
+
     # ---- the connection and the store ---------------------------------------------------------
 
     @property
@@ -75,6 +80,10 @@ class Cluster:
         """A new connection to the login host: the tunnel calls this again after a drop."""
         if self.is_local:
             return LocalRemote()
+        if self.kept:
+            from hpcnb.keeper.client import KeptRemote
+
+            return KeptRemote(self.cfg, accept_new_host_key=self.accept_new_host_key)
         from hpcnb.ssh import SSHRemote  # paramiko is slow to import: only when a command needs it
 
         return SSHRemote.from_config(self.cfg, accept_new_host_key=self.accept_new_host_key)

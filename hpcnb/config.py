@@ -26,6 +26,7 @@ from typing import Any
 from hpcnb import paths
 from hpcnb import profiles as profile_tables
 from hpcnb.errors import ConfigError
+from hpcnb.keeper import persist
 from hpcnb.names import NAME_RE, NAME_RULE, named_tables
 from hpcnb.profiles import Profile
 from hpcnb.schedulers import SCHEDULERS as SCHEDULER_CLASSES
@@ -96,6 +97,7 @@ class ClusterConfig:
     account_example: str | None = None  # what an account looks like at this site
     jupyter_env: str | None = None  # where `hpcnb jupyter install` puts its env (on the cluster)
     unverified: tuple[str, ...] = ()  # what the site file could not confirm from the site's docs
+    persist: float | None = 12 * 3600.0  # a keeper's idle window in seconds; None: no keeper
 
     @property
     def machine(self) -> str:
@@ -147,6 +149,7 @@ _KIND: dict[str, Callable[[Any], str | None]] = {
     "strlist": _check_strlist,
     "table": lambda value: None,  # profiles: checked by hpcnb.profiles
     "resources": profile_tables.check_resources,
+    "persist": lambda value: None if isinstance(value, (str, bool)) else 'a duration such as "12h", or "no"',
 }
 
 # key -> kind. "name" and "source" are not settable: they come from where the table is.
@@ -159,7 +162,7 @@ _KEYS: dict[str, str] = {
     "python": "str", "account_required": "bool", "partition_flag": "str",
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
-    "resources": "resources",
+    "resources": "resources", "persist": "persist",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -278,6 +281,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
             raise ConfigError(f"{where}: {key} {v!r} must be {NAME_RULE}")
     values["profiles"] = profile_tables.build(values.get("profiles", {}))
     values["resources"] = tuple(sorted(values.get("resources", {}).items()))
+    values["persist"] = persist.parse(values.get("persist", persist.DEFAULT), where)
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():
         choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)

@@ -117,3 +117,9 @@ class TunnelError(HpcnbError):
     """The local end of the tunnel could not be set up (for instance the port is taken)."""
 
     exit_code = 11
+
+
+class KeeperError(HpcnbError):
+    """The kept connection (hpcnb.keeper) cannot be started, reached or used."""
+
+    exit_code = 12

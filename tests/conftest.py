@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "testbed"))
 
 from fixtures import in_ci
+from hpcnb_driver import stop_keepers
+
+# Every hpcnb the tests start keeps its connections (hpcnb.keeper) in a folder of this run's own,
+# short (a unix socket's path has ~104 bytes) and emptied after each test: a keeper left behind would
+# hold a login for 12 hours.
+KEEPERS = Path(tempfile.mkdtemp(prefix="hpcnb-keepers-", dir="/tmp"))
+os.environ["HPCNB_RUNTIME_DIR"] = str(KEEPERS)
+
+
+@pytest.fixture(autouse=True)
+def _no_keeper_outlives_its_test():
+    yield
+    stop_keepers(KEEPERS)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ through the URL hpcnb prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -229,3 +230,30 @@ class Background:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
+    """End every keeper (hpcnb.keeper) whose endpoint is in `folder`; the pids it signalled."""
+    pids = []
+    for info in folder.glob("*.json"):
+        try:
+            pid = int(json.loads(info.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        pids.append(pid)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return pids

@@ -2,7 +2,8 @@
 
     __init__.py   the group (-v / -q) and main(): every error -> one line on stderr + exit code
     sessions.py   submit, attach, list, cancel, logs (over the Python API: hpcnb.cluster)
-    setup.py      doctor, sites, config init / path
+    setup.py      doctor, sites, config init / path, jupyter install
+    connections.py  connections, logout: the kept logins (hpcnb.keeper)
     options.py    the shared options and their shell completion; complete.py: completion values
     output.py     stdout vs stderr, -q / -v, colour and ✓/✗, tables and JSON
     status.py     the status line while a command waits
@@ -18,6 +19,7 @@ import sys
 
 import click
 
+from hpcnb.cli.connections import COMMANDS as CONNECTION_COMMANDS
 from hpcnb.cli.output import UI, setup_logging
 from hpcnb.cli.sessions import COMMANDS as SESSION_COMMANDS
 from hpcnb.cli.setup import COMMANDS as SETUP_COMMANDS
@@ -43,6 +45,8 @@ def cli(verbose: int, quiet: bool) -> None:
       hpcnb cancel JOBID                       # end it
       hpcnb logs JOBID                         # the job's output
       hpcnb doctor                             # is this cluster ready? (SSH, scheduler, Jupyter)
+      hpcnb connections                        # the kept logins (one MFA code a day)
+      hpcnb logout                             # end this cluster's kept login
       hpcnb sites                              # the shipped site configs
       hpcnb config init --from perlmutter      # write a starter config
 
@@ -54,7 +58,7 @@ def cli(verbose: int, quiet: bool) -> None:
     setup_logging(verbose)
 
 
-for _command in (*SESSION_COMMANDS, *SETUP_COMMANDS):
+for _command in (*SESSION_COMMANDS, *SETUP_COMMANDS, *CONNECTION_COMMANDS):
     cli.add_command(_command)
 
 

@@ -41,7 +41,8 @@ class NotebookRoute:
     errors = RETRYABLE
 
     def __init__(self, target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
-                 accept_new_host_key: bool = False, notify: Notify | None = None) -> None:
+                 accept_new_host_key: bool = False, notify: Notify | None = None,
+                 close_logins: bool = True) -> None:
         if target.mode not in MODES:
             raise HpcnbError(f"unknown tunnel mode {target.mode!r} (known: {', '.join(MODES)})")
         if target.mode != "direct" and not target.node:
@@ -50,6 +51,7 @@ class NotebookRoute:
         self._own_login = login  # the command's: its owner closes it
         self._connect_login = connect_login
         self._accept_new = accept_new_host_key
+        self._close_logins = close_logins  # False: the logins are a keeper's, shared (hpcnb.keeper)
         # The first connection is made here, not on the first browser request: an unknown node host
         # key or a refused login is then this command's error (exit 5 / 4), not a retried hop.
         first = login if target.mode == "direct" else self._hop(login)
@@ -70,7 +72,8 @@ class NotebookRoute:
         try:
             return self._hop(login)
         except BaseException:
-            login.close()
+            if self._close_logins:
+                login.close()
             raise
 
     def _open(self, conn: SSHRemote) -> Upstream:
@@ -95,12 +98,14 @@ class NotebookRoute:
         return login if login.is_alive() else None
 
     def close(self) -> None:
-        """Close what this route opened itself (never the command's own login connection)."""
+        """Close what this route opened itself: never the command's own login connection, nor a
+        login at all when the logins are shared (close_logins=False)."""
         conn, self._upstream.connection = self._upstream.connection, None
         if conn is None or conn is self._own_login:
             return
         login = conn.login()
         with contextlib.suppress(*RETRYABLE):
-            conn.close()
-            if login is not conn and login is not self._own_login:
+            if login is not conn or self._close_logins:
+                conn.close()
+            if self._close_logins and login is not conn and login is not self._own_login:
                 login.close()

@@ -1,0 +1,270 @@
+"""The keeper process: one authenticated login connection, served to this user's hpcnb commands.
+
+Requests (one per client connection, hpcnb.keeper.wire): `hello` (what it holds), `run` (a command
+on the login host), `read` (a file), `forward` (a tunnel: the keeper listens on 127.0.0.1 and
+forwards into SSH itself, like `ssh -O forward`, so the bytes are encrypted once on the laptop and
+the port outlives a reconnect), `logout`.
+
+It logs in on the first request that needs it, with the prompts answered by that command
+(hpcnb.keeper.lines). A dropped connection is made again on the next use, once, with backoff
+while the network is away; a refused login or an unknown host key ends the keeper (it keeps no
+answer to try again with). It exits after `idle_s` with no command connected and no tunnel, on
+logout, or when its login cannot be made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Listener
+from typing import Any
+
+from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, KeeperError, SSHError
+from hpcnb.keeper import wire
+from hpcnb.keeper.endpoint import Endpoint
+from hpcnb.keeper.lines import ClientLine, PromptRelay
+from hpcnb.ssh import NotebookRoute, SSHRemote, Target
+from hpcnb.tunnel import Tunnel
+
+_log = logging.getLogger("hpcnb.keeper")
+HELLO_TIMEOUT_S = 10.0
+RELOGIN_WINDOW_S = 120.0  # after a drop: how long the network may stay away before giving up
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a keeper is started with (JSON on its stdin): the cluster's login values."""
+
+    key: str
+    cluster: str
+    login_host: str
+    port: int | None
+    user: str | None
+    identity_file: str | None
+    known_hosts: str | None
+    accept_new_host_key: bool
+    idle_s: float
+
+    @property
+    def name(self) -> str:  # SSHRemote.from_config's ClusterLike
+        return self.cluster
+
+
+class Keeper:
+    def __init__(self, spec: Spec, endpoint: Endpoint, authkey: bytes) -> None:
+        self.spec, self.endpoint, self._authkey = spec, endpoint, authkey
+        self.relay = PromptRelay(spec.cluster)
+        self.since = time.time()
+        self.logins = 0
+        self._remote: SSHRemote | None = None
+        self._login_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._active = 0
+        self._last_used = time.monotonic()
+        self._tunnels: dict[int, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self.exit_reason = ""
+
+    # --- the login connection --------------------------------------------------------------
+    def login(self, asker: ClientLine | None) -> SSHRemote:
+        """The live login connection; made (again) when there is none."""
+        with self._login_lock:
+            if self._stop.is_set():
+                raise KeeperError(f"the keeper for {self.spec.cluster} is ending ({self.exit_reason})")
+            remote = self._remote
+            if remote is not None and remote.is_alive():
+                return remote
+            again = remote is not None
+            self._remote = None
+            if remote is not None:
+                _log.info("the login connection dropped; logging in again")
+                with contextlib.suppress(HpcnbError, OSError, EOFError):
+                    remote.close()
+            try:
+                self._remote = self._connect(asker, again=again)
+            except HpcnbError as exc:
+                self.stop(f"cannot log in: {exc}")
+                raise
+            self.logins += 1
+            _log.info("logged in (%d) over %s", self.logins, self._remote.route)
+            return self._remote
+
+    def _connect(self, asker: ClientLine | None, *, again: bool) -> SSHRemote:
+        delay, started = 0.5, time.monotonic()
+        while True:
+            handler = self.relay.handler(asker, again=again)
+            try:
+                return SSHRemote.from_config(self.spec, accept_new_host_key=self.spec.accept_new_host_key,
+                                             prompt_handler=handler)
+            except (HostKeyError, AuthenticationFailed):
+                raise  # the same answer again, and under MFA another prompt: never retried
+            except SSHError as exc:
+                if not again or time.monotonic() - started + delay > RELOGIN_WINDOW_S:
+                    raise
+                _log.info("login attempt failed (%s); again in %g s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    # --- requests ---------------------------------------------------------------------------
+    def serve_connection(self, conn: Any) -> None:
+        with self._state_lock:
+            self._active += 1
+        try:
+            request = wire.recv(conn, timeout=HELLO_TIMEOUT_S)
+            line = ClientLine(conn, can_prompt=bool(request.get("can_prompt")))
+            self._dispatch(line, request)
+        except (EOFError, OSError):
+            pass  # the command went away
+        except KeeperError as exc:
+            _log.info("request refused: %s", exc)
+        finally:
+            with self._state_lock:
+                self._active -= 1
+                self._last_used = time.monotonic()
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _dispatch(self, line: ClientLine, request: dict[str, Any]) -> None:
+        if request.get("key") != self.spec.key:
+            # Never serve a route other than its own, whatever the socket's name says.
+            line.send(wire.error_message(KeeperError("this keeper holds another route")))
+            return
+        ops: dict[str, Callable[[ClientLine, dict[str, Any]], None]] = {
+            "hello": self._hello, "run": self._run, "read": self._read,
+            "forward": self._forward, "logout": self._logout}
+        op = ops.get(str(request.get("op")))
+        if op is None:
+            line.send(wire.error_message(KeeperError(f"unknown request {request.get('op')!r}")))
+            return
+        try:
+            op(line, request)
+        except (HpcnbError, FileNotFoundError) as exc:
+            line.send(wire.error_message(exc))
+        except (EOFError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (a bug reaches the command as one line; the keeper lives)
+            _log.exception("request %s failed", request.get("op"))
+            line.send(wire.error_message(exc))
+
+    def _hello(self, line: ClientLine, _request: dict[str, Any]) -> None:
+        line.send(self.describe())
+
+    def describe(self) -> dict[str, Any]:
+        remote = self._remote
+        with self._state_lock:
+            idle = 0.0 if self._active > 1 or self._tunnels else time.monotonic() - self._last_used
+            tunnels = list(self._tunnels.values())
+        return {"pid": os.getpid(), "cluster": self.spec.cluster, "key": self.spec.key,
+                "route": remote.route if remote is not None else self.spec.login_host,
+                "logged_in": remote is not None and remote.is_alive(), "logins": self.logins,
+                "since": self.since, "idle_s": round(idle, 1), "persist_s": self.spec.idle_s,
+                "tunnels": tunnels}
+
+    def _run(self, line: ClientLine, request: dict[str, Any]) -> None:
+        remote = self.login(line)
+        result = remote.run([str(a) for a in request.get("argv", [])], stdin=request.get("stdin"),
+                            timeout=float(request.get("timeout", 60.0)))
+        line.send({"result": {"exit_status": result.exit_status, "stdout": result.stdout,
+                              "stderr": result.stderr}})
+
+    def _read(self, line: ClientLine, request: dict[str, Any]) -> None:
+        path = str(request.get("path", ""))
+        try:
+            data = self.login(line).read_file(path)
+        except SSHError:
+            data = self.login(line).read_file(path)  # a read is safe to try again on a new login
+        line.send({"data": wire.encode_bytes(data)})
+
+    def _forward(self, line: ClientLine, request: dict[str, Any]) -> None:
+        raw = dict(request.get("target") or {})
+        raw["node_aliases"] = tuple(raw.get("node_aliases") or ())
+        target = Target(**raw)
+        route = NotebookRoute(target, self.login(line), lambda: self.login(None),
+                              accept_new_host_key=bool(request.get("accept_new_host_key")),
+                              notify=_log.info, close_logins=False)
+        tunnel = Tunnel(route, port=int(request.get("port") or 0), notify=_log.info)
+        try:
+            port = tunnel.start()
+            tunnel.serve_in_thread()
+            with self._state_lock:
+                self._tunnels[port] = {"port": port, "mode": target.mode,
+                                       "node": target.node or target.host, "since": time.time()}
+            line.reader = True
+            self.relay.hold(line)
+            line.send({"port": port})
+            while not self._stop.is_set():  # until the command closes its line (or ends)
+                message = wire.recv(line.conn)
+                if "answer" in message or "error" in message:
+                    line.put_answer(message)
+        except (EOFError, OSError):
+            pass
+        finally:
+            self.relay.release(line)
+            tunnel.stop()
+            route.close()
+            with self._state_lock:
+                self._tunnels.pop(tunnel.port, None)
+
+    def _logout(self, line: ClientLine, _request: dict[str, Any]) -> None:
+        line.send({"ok": True})
+        self.stop("logged out")
+
+    # --- lifetime ---------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            return
+        self.exit_reason = reason
+        self._stop.set()
+        _log.info("ending: %s", reason)
+        # Wake the accept loop: it cannot be interrupted otherwise.
+        with contextlib.suppress(OSError, EOFError, AuthenticationError):
+            Client(self.endpoint.address, family=self.endpoint.family, authkey=self._authkey).close()
+
+    def _watch_idle(self) -> None:
+        interval = max(0.2, min(30.0, self.spec.idle_s / 4))
+        while not self._stop.wait(interval):
+            with self._state_lock:
+                busy = self._active > 0 or bool(self._tunnels)
+                idle = time.monotonic() - self._last_used
+            if not busy and idle >= self.spec.idle_s:
+                self.stop(f"idle for {idle:.0f} s")
+
+    def serve_forever(self, listener: Listener) -> None:
+        threading.Thread(target=self._watch_idle, name="keeper-idle", daemon=True).start()
+        while not self._stop.is_set():
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError):
+                continue  # not one of this user's commands (or it gave up): next
+            except OSError as exc:
+                if self._stop.is_set():
+                    break
+                raise KeeperError(f"the keeper cannot accept connections: {exc}") from exc
+            if self._stop.is_set():
+                conn.close()
+                break
+            threading.Thread(target=self.serve_connection, args=(conn,), name="keeper-client",
+                             daemon=True).start()
+        self._close()
+
+    def _close(self) -> None:
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            with contextlib.suppress(HpcnbError, OSError, EOFError):
+                remote.close()
+
+
+def write_info(endpoint: Endpoint, spec: Spec) -> None:
+    """What `hpcnb connections` shows without asking (the keeper may be busy or gone)."""
+    data = {"cluster": spec.cluster, "key": spec.key, "pid": os.getpid(), "since": time.time(),
+            "login_host": spec.login_host}
+    fd = os.open(endpoint.info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
