@@ -6,12 +6,13 @@ import os
 import shutil
 import time
 
-from . import accounts, conffiles, net, openpbs, openpbs_build, services
+from . import accounts, conffiles, net, openpbs, openpbs_build, services, sge
 from .proc import TestbedError, read_pid, stop_pid
-from .topology import HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT
+from .topology import HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT, SGE_PREFIX
 
 # Stopped in this order: the entry points first, the databases last.
-DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES), *openpbs.DAEMONS,
+DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES), *sge.DAEMONS,
+           *openpbs.DAEMONS,
            *(f"slurmd-{n.name}" for n in NODES), "slurmctld", "slurmdbd", "mariadb", "munged")
 
 
@@ -28,6 +29,9 @@ def up() -> None:
     build_s = openpbs_build.ensure_built()
     if build_s is not None:
         print(f"openpbs: built in {build_s:.0f} s")
+    unpack_s = sge.ensure_installed()
+    if unpack_s is not None:
+        print(f"gridengine: unpacked in {unpack_s:.1f} s")
     net.up()
     services.start_all()
     services.check_laptop_view()
@@ -45,6 +49,7 @@ def down() -> None:
             stop_pid(pid, grace=2.0)
     net.down()
     openpbs.down()
+    sge.down()
     conffiles.PAM_FILE.unlink(missing_ok=True)
     shutil.rmtree(ROOT, ignore_errors=True)
     left = leftovers()
@@ -54,7 +59,7 @@ def down() -> None:
 
 
 def leftovers() -> list[str]:
-    found = net.leftovers() + openpbs.leftovers()
+    found = net.leftovers() + openpbs.leftovers() + sge.leftovers()
     if conffiles.PAM_FILE.exists():
         found.append(f"file {conffiles.PAM_FILE}")
     if PIDS.exists():
@@ -73,6 +78,7 @@ def status() -> int:
         print(f"pam service      {conffiles.PAM_FILE.name}")
     print(f"venv             {'ready' if accounts.venv_ready() else 'missing'}")
     print(f"openpbs build    {'ready' if openpbs_build.built() else 'missing'} ({OPENPBS_PREFIX})")
+    print(f"gridengine       {'ready' if sge.installed() else 'missing'} ({SGE_PREFIX})")
     return 0 if len(running) == len(DAEMONS) else 3
 
 

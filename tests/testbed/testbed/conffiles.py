@@ -20,6 +20,10 @@ from .topology import (
     OPENPBS_PREFIX,
     PBS_LOGIN_PORT,
     RUN,
+    SGE_CELL,
+    SGE_LOGIN_PORT,
+    SGE_PREFIX,
+    SGE_ROOT,
     SLURM_CONF,
     SPOOL,
     SSH_CONFIG,
@@ -110,15 +114,21 @@ SLURM_ENV_TEXT = "SetEnv SLURM_CONF={slurm_conf}\n"
 # resets PATH), so the session's environment is all it takes: a site's `module load pbs`, done by
 # sshd for one port only. SetEnv overrides sshd's default PATH (sshd_config(5), SetEnv). A Match
 # block's SetEnv replaces a global one instead of adding to it (checked: `sshd -T -C lport=2222`),
-# so each port's block names all its variables and there is no global SetEnv.
+# so each port's block names all its variables and there is no global SetEnv. SGE_LOGIN_PORT is the
+# same for the Grid Engine cluster: its commands first in PATH, and the cell (SGE_ROOT, SGE_CELL), as
+# a site's settings.sh sets them.
 LOGIN_ENV_TEXT = """\
 Match LocalPort 22
     SetEnv SLURM_CONF={slurm_conf}
 Match LocalPort {pbs_port}
     SetEnv SLURM_CONF={slurm_conf} PBS_CONF_FILE={pbs_conf} PATH={pbs_path}
+Match LocalPort {sge_port}
+    SetEnv SLURM_CONF={slurm_conf} SGE_ROOT={sge_root} SGE_CELL={sge_cell} PATH={sge_path}
 """
-# Debian's OpenSSH default user PATH (its --with-default-path), after OpenPBS's bin.
-PBS_USER_PATH = f"{OPENPBS_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin:/usr/games"
+# Debian's OpenSSH default user PATH (its --with-default-path), after OpenPBS's or SGE's commands.
+DEFAULT_USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
+PBS_USER_PATH = f"{OPENPBS_PREFIX}/bin:{DEFAULT_USER_PATH}"
+SGE_USER_PATH = f"{SGE_PREFIX}/usr/lib/gridengine:{DEFAULT_USER_PATH}"
 
 
 # The gateway (bastion): a key AND a TOTP code, like a site with Duo or TOTP on its login nodes.
@@ -232,10 +242,13 @@ def slurm_conf() -> str:
 
 def sshd_conf_text(host: Host, host_key: Path) -> str:
     if host is LOGIN:
-        # Port 22 and PBS_LOGIN_PORT, on both of login1's addresses.
-        extra = f"Port {PBS_LOGIN_PORT}\nListenAddress {LOGIN_INNER_ADDR}\n"
-        environment = LOGIN_ENV_TEXT.format(slurm_conf=SLURM_CONF, pbs_port=PBS_LOGIN_PORT,
-                                            pbs_conf=pbs_conf_path(LOGIN), pbs_path=PBS_USER_PATH)
+        # Port 22, PBS_LOGIN_PORT and SGE_LOGIN_PORT, on both of login1's addresses.
+        extra = (f"Port {PBS_LOGIN_PORT}\nPort {SGE_LOGIN_PORT}\n"
+                 f"ListenAddress {LOGIN_INNER_ADDR}\n")
+        environment = LOGIN_ENV_TEXT.format(
+            slurm_conf=SLURM_CONF, pbs_port=PBS_LOGIN_PORT, pbs_conf=pbs_conf_path(LOGIN),
+            pbs_path=PBS_USER_PATH, sge_port=SGE_LOGIN_PORT, sge_root=SGE_ROOT, sge_cell=SGE_CELL,
+            sge_path=SGE_USER_PATH)
     else:
         extra, environment = "", SLURM_ENV_TEXT.format(slurm_conf=SLURM_CONF)
     return SSHD_CONF_TEXT.format(addr=host.addr, extra_listen=extra, host_key=host_key, run=RUN,

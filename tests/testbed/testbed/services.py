@@ -1,5 +1,5 @@
 """The daemons: munge, MariaDB + slurmdbd, slurmctld on login1, slurmd on the nodes, OpenPBS
-(openpbs.py), sshd everywhere."""
+(openpbs.py), Grid Engine (sge.py), sshd everywhere."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import signal
 import socket
 from pathlib import Path
 
-from . import conffiles, openpbs
+from . import conffiles, openpbs, sge
 from .accounts import host_key
 from .proc import TestbedError, in_host, in_host_etc, read_pid, sh, start_daemon, wait_for
 from .topology import (
@@ -22,6 +22,7 @@ from .topology import (
     MYSQL_DATA,
     NODES,
     PBS_LOGIN_PORT,
+    SGE_LOGIN_PORT,
     SLURM_CONF,
     Host,
 )
@@ -126,7 +127,7 @@ def start_sshd(host: Host, *, config_changed: bool = False) -> None:
 
 
 def wait_for_sshd(host: Host) -> None:
-    ports = (22, PBS_LOGIN_PORT) if host is LOGIN else (22,)
+    ports = (22, PBS_LOGIN_PORT, SGE_LOGIN_PORT) if host is LOGIN else (22,)
 
     def answers() -> bool:
         argv = ["nsenter", f"--net=/run/netns/{host.name}", "python3", "-c",
@@ -145,6 +146,7 @@ def start_all() -> None:
     start_slurmdbd()
     start_slurm()
     openpbs.up()
+    sge.up()
     for host in (LOGIN, *NODES, GATEWAY):
         start_sshd(host, config_changed=host.name in changed)
     for host in (LOGIN, *NODES, GATEWAY):

@@ -65,8 +65,9 @@ HOSTS = (LOGIN, *NODES, GATEWAY)
 
 def key_names(host: Host) -> list[str]:
     """The names the laptop may know a host's key under (login1 also by its inner address, which the
-    laptop reaches through the gateway, and as the OpenPBS cluster's login port)."""
-    extra = {LOGIN.name: [LOGIN_INNER_ADDR, f"[{LOGIN.addr}]:{PBS_LOGIN_PORT}"],
+    laptop reaches through the gateway, and as the OpenPBS and Grid Engine clusters' login ports)."""
+    extra = {LOGIN.name: [LOGIN_INNER_ADDR, f"[{LOGIN.addr}]:{PBS_LOGIN_PORT}",
+                          f"[{LOGIN.addr}]:{SGE_LOGIN_PORT}"],
              GATEWAY.name: []}.get(host.name, [])
     return [host.name, host.addr, *extra]
 
@@ -97,3 +98,18 @@ def pbs_conf_path(host: Host) -> Path:
 
 def pbs_home(host: Host) -> Path:
     return PBS_ROOT / host.name / "home"
+
+
+# --- Grid Engine (issue 11): Son of Grid Engine 8.1.9 from Debian's packages, beside Slurm and PBS ---
+# Debian's gridengine-client cannot be installed beside slurm-wlm-torque (it declares "Conflicts:
+# gridengine-client"), so the packages' files are unpacked here, once, and kept across up/down
+# (tests/testbed/testbed/sge.py). The .debs themselves come from `apt-get download` (.ci/run).
+SGE_DEBS = Path("/opt/hpcnb-testbed/gridengine-debs")
+SGE_PREFIX = Path("/opt/hpcnb-testbed/gridengine")
+# The cell: $SGE_ROOT/default/common (bootstrap, act_qmaster, accounting) is shared by all hosts, as
+# on a cluster (../shared/gridengine/README.md fact 3); qmaster's spool and each execd's are here too.
+SGE_ROOT = ROOT / "sge"
+SGE_CELL = "default"
+# login1's sshd also listens here; sessions on this port see Grid Engine's commands first in PATH,
+# and SGE_ROOT/SGE_CELL (conffiles.py, "Match LocalPort"): /usr/bin/q* are Slurm's torque wrappers.
+SGE_LOGIN_PORT = 2223
