@@ -5,7 +5,9 @@
 Brings the testbed up if needed, submits its own jobs (and cancels each one), and prints ONE table:
 the ratios against the targets first, then every figure. Progress goes to stderr. Sections:
 tunnel (throughput, cold load, latency per tunnel mode vs OpenSSH and no tunnel), ttn (time to
-notebook, jupyter-forward), sched (scheduler queries and SSH handshakes per command), cli.
+notebook, jupyter-forward), sched (scheduler queries and SSH handshakes per command), cli,
+keeper (the kept connection: its tunnel's throughput, time to a first remote result, codes a day's
+work asks for through the TOTP gateway; bench/keeper.py).
 See bench/README.md.
 """
 
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cli_speed
 import http_load as hl
+import keeper
 import testbed as tb
 import ttn
 from sched_load import CountingKey
@@ -66,7 +69,7 @@ class Bench:
         job = tb.submit_no_attach(cluster, env=self.env)
         self.record_handshakes(f"submit --no-attach ({mode})", marks)
         try:
-            hs = tb.wait_fresh_handshake(job.job_id, since)
+            hs = tb.wait_fresh_handshake(job.job_id, since, cluster=cluster)
             token = hs["token"]
             self.counter.ensure()
             marks = self.counter.log_marks()
@@ -260,7 +263,7 @@ def print_table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 runs, 50 round trips, 1 time-to-notebook")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tunnel", "ttn", "sched", "cli"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tunnel", "ttn", "sched", "cli", "keeper"])
     ap.add_argument("--modes", nargs="*", default=list(tb.MODES))
     ap.add_argument("--ref", default="HEAD", help="git ref of hpcnb to measure [HEAD]")
     args = ap.parse_args()
@@ -290,9 +293,12 @@ def main() -> None:
                 add("cli", metric, value)
             helpms = next(v for k, v in cli_speed.LAST.items() if "--help" in k)
             ratio("hpcnb --help, ms", helpms, "< 150", helpms < 150)
+        if "keeper" not in args.skip:
+            keeper.measure(runs, add, ratio)
     finally:
         counter.remove()
         tb.cancel_all()
+        tb.stop_keepers()  # the tunnel section's keepers too (persist is on by default)
         tb.login_run(f"rm -f {hl.BIG_FILE}", check=False)
     print_table()
 

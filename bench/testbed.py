@@ -6,9 +6,11 @@ and cancelled by `cancel_all()` (run.py calls it in a finally).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,10 @@ URL_RE = re.compile(r"^http://127\.0\.0\.1:(\d+)/lab\?token=(\S+)$")
 
 WORK = Path(tempfile.mkdtemp(prefix="hpcnb-bench-"))
 STATE_DIR = WORK / "state"
+# The bench's own keepers (hpcnb.keeper; persist is on by default): a short private folder (a unix
+# socket path has ~100 bytes), ended by stop_keepers() at the end of every run.
+RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="hb-k-", dir="/tmp"))
+atexit.register(shutil.rmtree, RUNTIME_DIR, ignore_errors=True)
 # hpcnb as committed (HEAD), with the working tree's tunnel.py (what the bench tunes) on top: the
 # working tree is shared with engineers mid-edit. `python -P` keeps the cwd off sys.path.
 SRC = WORK / "src"
@@ -146,8 +152,36 @@ def hpcnb_env(config: Path = CONFIG, state_dir: Path = STATE_DIR) -> dict[str, s
     env = {k: v for k, v in os.environ.items()
            if k not in ("HPCNB_CLUSTER", "XDG_CONFIG_HOME", "XDG_STATE_HOME")}
     env.update(HPCNB_CONFIG=str(config), HPCNB_STATE_DIR=str(state_dir), NO_COLOR="1",
-               PYTHONPATH=str(SRC))
+               PYTHONPATH=str(SRC), HPCNB_RUNTIME_DIR=str(RUNTIME_DIR))
     return env
+
+
+def keeper_pids() -> list[int]:
+    """The bench's live keepers, as their info files in RUNTIME_DIR record them."""
+    pids = []
+    for info in RUNTIME_DIR.glob("*.json"):
+        try:
+            pid = int(json.loads(info.read_text())["pid"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError):
+            continue
+        pids.append(pid)
+    return pids
+
+
+def stop_keepers() -> None:
+    """`hpcnb logout --all`, then SIGTERM (and SIGKILL) to any keeper of the bench's still alive."""
+    hpcnb("logout", "--all", timeout=60)
+    pids = keeper_pids()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+    shutil.rmtree(RUNTIME_DIR, ignore_errors=True)
 
 
 def hpcnb(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -155,12 +189,14 @@ def hpcnb(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
                           env=env or hpcnb_env(), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def sessions_dir() -> str:
-    return ".hpcnb/sessions"
+def sessions_dir(cluster: str = "testbed") -> str:
+    """A job's session folders on the cluster (hpcnb/handshake.py: per machine, here the cluster's
+    own name: the testbed's clusters extend no site config)."""
+    return f".hpcnb/sessions/{cluster}"
 
 
-def read_handshake(job_id: str) -> dict | None:
-    out = login_run(f"cat {sessions_dir()}/{job_id}/connection.json 2>/dev/null || true")
+def read_handshake(job_id: str, cluster: str = "testbed") -> dict | None:
+    out = login_run(f"cat {sessions_dir(cluster)}/{job_id}/connection.json 2>/dev/null || true")
     return json.loads(out) if out.strip() else None
 
 
@@ -203,10 +239,11 @@ def submit_no_attach(cluster: str, *extra: str, env: dict[str, str] | None = Non
     return Submitted(cluster, job_id)
 
 
-def wait_fresh_handshake(job_id: str, since: float, timeout: float = 180) -> dict:
+def wait_fresh_handshake(job_id: str, since: float, timeout: float = 180,
+                         cluster: str = "testbed") -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        hs = read_handshake(job_id)
+        hs = read_handshake(job_id, cluster)
         if hs and hs.get("started", 0) >= since - 5:
             return hs
         time.sleep(1)
@@ -231,7 +268,7 @@ class Attach:
         if not match:
             self.close()
             raise RuntimeError(f"attach {job_id} printed no URL: {''.join(self.stderr)}")
-        self.port = int(match.group(1))
+        self.port, self.token = int(match.group(1)), match.group(2)
 
     def close(self) -> None:
         if self.proc.poll() is None:
