@@ -49,6 +49,7 @@ class Profile:
     max_hours: float | None = None
     min_hours: float | None = None  # ARCHER2's long QoS: at least 24 h
     whole_node: bool = False
+    ntasks: bool = True  # Slurm: send --ntasks=1 (ARCHER2's GPU nodes reject any --ntasks)
     refuse: tuple[str, ...] = ()  # flags the site refuses here: mem, cpus, gpus, account
     resources: tuple[tuple[str, str], ...] = ()  # PBS: extra -l resources (jobfs=10GB)
     directives: tuple[str, ...] = ()  # extra plain directives
@@ -113,6 +114,7 @@ _CHECKS = {
     "gpus": _count, "max_gpus": _count, "cpus": _count, "cpus_per_gpu": _count,
     "mem": _pattern(_MEM_RE, MEM_RULE), "mem_per_gpu": _pattern(_MEM_RE, MEM_RULE),
     "max_cpus": _count, "max_hours": _hours, "min_hours": _hours, "whole_node": _flag,
+    "ntasks": _flag,
     "refuse": _refuse,
     "resources": check_resources, "directives": _strings, "docs": _text, "setup": _strings,
     "gpu_type": _pattern(_SUFFIX_RE, "a GPU model: 1-16 letters, digits, . _ -"),

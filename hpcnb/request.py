@@ -55,6 +55,7 @@ class JobRequest:
     directives: tuple[str, ...] = ()
     setup: tuple[str, ...] | None = None  # the profile's own setup lines (None: the cluster's)
     gpu_type: str | None = None
+    ntasks: bool = True  # Slurm: --ntasks=1 (a profile may leave it out: ARCHER2's GPU nodes)
 
 
 def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
@@ -264,4 +265,5 @@ def build_request(
         setup=profile.setup if profile else None,
         gpu_type=profile.gpu_type if profile and n_gpus else None,
         directives=profile.directives if profile else (),
+        ntasks=profile.ntasks if profile else True,
     )

@@ -50,10 +50,9 @@ BY_SITE = {m.site: m for m in SLURM + PBS}
 # What the mirrors found wrong in hpcnb itself, which no site config can fix (docs/site-configs.md,
 # "Site mirrors"): (site, profile) -> (what every refusal says, why). Such a case is an expected
 # failure only while it fails for exactly that reason; the day hpcnb is fixed it fails until removed.
-ARCHER2_NTASKS = ("ARCHER2 GPU jobs must not specify --ntasks",
-                  "hpcnb always sends #SBATCH --ntasks=1, and ARCHER2 rejects GPU jobs that set --ntasks "
-                  "(https://docs.archer2.ac.uk/user-guide/gpu/)")
-KNOWN = {("archer2", "gpu"): ARCHER2_NTASKS, ("archer2", "gpu-exc"): ARCHER2_NTASKS}
+# (ARCHER2's GPU profiles were one: hpcnb always sent --ntasks=1; a profile's `ntasks = false` now
+# leaves it out.)
+KNOWN: dict[tuple[str, str], tuple[str, str]] = {}
 SLURM_TIME_REFUSALS = ("Requested time limit is invalid", "QOSMaxWallDurationPerJobLimit")
 PBS_TIME_REFUSAL = "Job violates queue and/or server resource limits"
 
