@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hpcnb.errors import HpcnbError
+from hpcnb.errors import HpcnbError, KeeperError
 from hpcnb.handshake import Handshake
 from hpcnb.net import tcp_connect
 from hpcnb.remote import Remote
@@ -100,13 +100,22 @@ def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], 
 
 def kept_far(handshake: Handshake, kept: Any, node: str | None) -> Far:
     """A cluster with a keeper (hpcnb.keeper): the keeper listens and forwards, so the bytes are
-    encrypted once, and the port stays when the keeper logs in again after a drop."""
+    encrypted once, and the port stays when the keeper logs in again after a drop. A keeper that
+    ends under the tunnel ends the attach (KeeperError): the port is gone with it."""
+    served: list[Any] = []
 
     def listen(port: int, _notify: Notify) -> Listening:
-        forward: Listening = kept.forward(_target(handshake, node), port)
-        return forward
+        served.append(kept.forward(_target(handshake, node), port))
+        return served[-1]
 
-    return Far(listen, lambda: kept, lambda: None)
+    def files_remote() -> Remote:
+        if served and served[-1].ended.is_set():
+            raise KeeperError(f"the keeper serving 127.0.0.1:{served[-1].port} has ended",
+                              hint=f"see hpcnb connections; `hpcnb attach {handshake.job_id}` "
+                                   "tunnels again")
+        return kept  # type: ignore[no-any-return]
+
+    return Far(listen, files_remote, lambda: None)
 
 
 def check_answers(local_port: int, handshake: Handshake, timeout: float | None = None) -> None:

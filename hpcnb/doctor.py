@@ -13,7 +13,15 @@ import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from hpcnb.errors import AuthenticationFailed, ConfigError, HostKeyError, HpcnbError, SSHError, last_line
+from hpcnb.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    HostKeyError,
+    HpcnbError,
+    KeeperError,
+    SSHError,
+    last_line,
+)
 
 EXIT_CONFIG, EXIT_SSH, EXIT_HOST_KEY, EXIT_CLUSTER = 3, 4, 5, 6
 
@@ -91,6 +99,9 @@ def check_ssh(ctx) -> Check:
     target = f"{cfg.user + '@' if cfg.user else ''}{cfg.login_host}:{cfg.port or 22}"
     try:
         remote = ctx.remote
+        check_login = getattr(remote, "check_login", None)
+        if check_login is not None:
+            check_login()  # a kept connection (hpcnb.keeper) logs in on first use: now
     except HostKeyError as exc:
         return failed("ssh", exc.message,
                       exc.hint or "check the key's fingerprint with the centre's documentation, then "
@@ -104,6 +115,10 @@ def check_ssh(ctx) -> Check:
             fix = (f"check login_host/port ({target}); are you on the site's network or VPN? "
                    f"try: ssh -p {cfg.port or 22} {target.rsplit(':', 1)[0]}")
         return failed("ssh", exc.message, exc.hint or fix, EXIT_SSH)
+    except KeeperError as exc:
+        return failed("ssh", f"kept connection: {exc.message}",
+                      exc.hint or 'see `hpcnb connections`; persist = "no" logs in without a keeper',
+                      KeeperError.exit_code)
     user = getattr(remote, "user", None) or cfg.user or "?"
     return passed("ssh", f"{user}@{cfg.login_host}:{cfg.port or 22} (host key known, authenticated)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,16 +16,21 @@ from fixtures import in_ci
 from hpcnb_driver import stop_keepers
 
 # Every hpcnb the tests start keeps its connections (hpcnb.keeper) in a folder of this run's own,
-# short (a unix socket's path has ~104 bytes) and emptied after each test: a keeper left behind would
+# short (a unix socket's path has ~104 bytes) and emptied after each test module: a keeper left behind would
 # hold a login for 12 hours.
 KEEPERS = Path(tempfile.mkdtemp(prefix="hpcnb-keepers-", dir="/tmp"))
 os.environ["HPCNB_RUNTIME_DIR"] = str(KEEPERS)
 
 
-@pytest.fixture(autouse=True)
-def _no_keeper_outlives_its_test():
+@pytest.fixture(autouse=True, scope="module")
+def _no_keeper_outlives_its_module():
     yield
     stop_keepers(KEEPERS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_keepers(KEEPERS)
+    shutil.rmtree(KEEPERS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -232,14 +232,26 @@ class Background:
                 self.proc.kill()
 
 
-def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
-    """End every keeper (hpcnb.keeper) whose endpoint is in `folder`; the pids it signalled."""
+def keepers_folder() -> Path:
+    """Where this test run's keepers listen (tests/conftest.py sets it for every hpcnb it starts)."""
+    return Path(os.environ["HPCNB_RUNTIME_DIR"])
+
+
+def keeper_pids(folder: Path) -> list[int]:
+    """The pids of the keepers (hpcnb.keeper) whose endpoints are in `folder`, as they recorded them."""
     pids = []
     for info in folder.glob("*.json"):
         try:
-            pid = int(json.loads(info.read_text())["pid"])
+            pids.append(int(json.loads(info.read_text())["pid"]))
         except (OSError, ValueError, KeyError):
             continue
+    return pids
+
+
+def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
+    """End every keeper (hpcnb.keeper) whose endpoint is in `folder`; the pids it signalled."""
+    pids = []
+    for pid in keeper_pids(folder):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

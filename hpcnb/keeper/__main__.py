@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpcnb.errors import HpcnbError
 from hpcnb.keeper.endpoint import authkey, endpoint_for
-from hpcnb.keeper.server import Keeper, Spec, write_info
+from hpcnb.keeper.server import Keeper, Spec, listen, write_info
 
 
 def main() -> int:
@@ -27,14 +27,12 @@ def main() -> int:
     except (ValueError, KeyError, TypeError) as exc:
         print(f"keeper: unreadable spec on stdin: {exc}", file=sys.stderr)
         return 2
-    from multiprocessing.connection import Listener
-
     endpoint = endpoint_for(spec.key, folder)
     try:
         key = authkey(folder)
         if endpoint.family == "AF_UNIX":
             Path(endpoint.address).unlink(missing_ok=True)  # stale: the starter holds the lock
-        listener = Listener(endpoint.address, family=endpoint.family, authkey=key, backlog=64)
+        listener = listen(endpoint)
         write_info(endpoint, spec)
     except (HpcnbError, OSError) as exc:
         print(f"keeper: cannot listen at {endpoint.address}: {exc}", file=sys.stderr)

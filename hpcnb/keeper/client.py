@@ -71,6 +71,7 @@ class KeptRemote:
         self._authkey = ep.authkey(self.folder)
         self.accept_new_host_key = accept_new_host_key
         self.host = cfg.login_host
+        self.user = cfg.user or ""
         self.route = f"{cfg.login_host} (kept connection)"
 
     def __repr__(self) -> str:
@@ -104,14 +105,14 @@ class KeptRemote:
         conn = self.connect()
         try:
             wire.send(conn, {**message, "key": self.key, "can_prompt": can_prompt()})
-            return self._replies(conn, timeout)
-        except FileNotFoundError:
-            raise  # the file asked for is missing (read_file's answer), not the keeper
+            reply = self._replies(conn, timeout)
         except (EOFError, OSError) as exc:
-            raise KeeperError(f"the keeper for {self.cfg.name} went away: {exc or type(exc).__name__}",
+            raise KeeperError(f"the keeper for {self.cfg.name} went away: {str(exc) or type(exc).__name__}",
                               hint=f"see {self.endpoint.log}") from exc
         finally:
             conn.close()
+        wire.raise_error(reply)  # the request's own error (a missing file, a refused login ...)
+        return reply
 
     def _replies(self, conn: Any, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -121,8 +122,13 @@ class KeptRemote:
                 answer_prompt(conn, message)
                 deadline = time.monotonic() + timeout  # the user's typing is not the keeper's time
                 continue
-            wire.raise_error(message)
             return message
+
+    def check_login(self) -> None:
+        """Make sure the keeper is logged in (doctor's SSH check): its login's errors, as such."""
+        reply = self.request({"op": "login"}, timeout=LOGIN_ALLOWANCE_S)
+        self.user = str(reply.get("user") or "")
+        self.route = f"{reply.get('route')} (kept connection)"
 
     def hello(self) -> dict[str, Any]:
         return self.request({"op": "hello"}, timeout=10.0)
@@ -136,9 +142,16 @@ class KeptRemote:
                              "target": target, "port": port,
                              "accept_new_host_key": self.accept_new_host_key})
             reply = self._replies(conn, LOGIN_ALLOWANCE_S)
+        except (EOFError, OSError) as exc:
+            conn.close()
+            raise KeeperError(f"the keeper for {self.cfg.name} went away: {str(exc) or type(exc).__name__}",
+                              hint=f"see {self.endpoint.log}") from exc
         except BaseException:
             conn.close()
             raise
+        if "error" in reply:
+            conn.close()
+            wire.raise_error(reply)
         return KeptForward(conn, int(reply["port"]))
 
     # --- finding or starting the keeper -------------------------------------------------------

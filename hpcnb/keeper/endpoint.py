@@ -117,7 +117,7 @@ def authkey(folder: Path) -> bytes:
     except OSError as exc:
         raise KeeperError(f"cannot read {path}: {exc.strerror or exc}") from exc
     key = secrets.token_bytes(AUTHKEY_BYTES)
-    tmp = folder / f".authkey.{os.getpid()}"
+    tmp = folder / f".authkey.{os.getpid()}.{secrets.token_hex(4)}"  # per process and thread
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:

@@ -20,6 +20,10 @@ from hpcnb.prompts import Prompt, PromptHandler, askpass_or_terminal
 ANSWER_TIMEOUT_S = 300.0  # a user fetching their phone
 
 
+class LineClosed(Exception):
+    """The command at the other end of a line went away (not an error of the request)."""
+
+
 class ClientLine:
     """One connected hpcnb command. `reader`: another thread reads this connection (a tunnel's
     line) and hands answers over through put_answer(); otherwise ask() reads them itself."""
@@ -32,8 +36,11 @@ class ClientLine:
         self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def send(self, message: dict[str, Any]) -> None:
-        with self._send_lock:
-            wire.send(self.conn, message)
+        try:
+            with self._send_lock:
+                wire.send(self.conn, message)
+        except (EOFError, OSError) as exc:
+            raise LineClosed(str(exc)) from exc
 
     def put_answer(self, message: dict[str, Any]) -> None:
         self._answers.put(message)
@@ -86,7 +93,7 @@ class PromptRelay:
                     continue
                 try:
                     return line.ask(prompt)
-                except (EOFError, OSError):
+                except (LineClosed, EOFError, OSError):
                     continue  # that command went away: the next one
             return askpass_or_terminal(prompt)  # the keeper has no terminal: HPCNB_ASKPASS or a clear error
 

@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
+from multiprocessing import connection as mpc
 from multiprocessing.connection import Client, Listener
 from typing import Any
 
 from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, KeeperError, SSHError
 from hpcnb.keeper import wire
 from hpcnb.keeper.endpoint import Endpoint
-from hpcnb.keeper.lines import ClientLine, PromptRelay
+from hpcnb.keeper.lines import ClientLine, LineClosed, PromptRelay
 from hpcnb.ssh import NotebookRoute, SSHRemote, Target
 from hpcnb.tunnel import Tunnel
 
@@ -117,11 +118,15 @@ class Keeper:
         with self._state_lock:
             self._active += 1
         try:
+            # The HMAC challenge both ways (what Listener.accept does with an authkey), here in the
+            # connection's own thread: a client that never answers holds up only itself.
+            mpc.deliver_challenge(conn, self._authkey)
+            mpc.answer_challenge(conn, self._authkey)
             request = wire.recv(conn, timeout=HELLO_TIMEOUT_S)
             line = ClientLine(conn, can_prompt=bool(request.get("can_prompt")))
             self._dispatch(line, request)
-        except (EOFError, OSError):
-            pass  # the command went away
+        except (LineClosed, EOFError, OSError, AuthenticationError):
+            pass  # the command went away, or was not one of this user's
         except KeeperError as exc:
             _log.info("request refused: %s", exc)
         finally:
@@ -137,7 +142,7 @@ class Keeper:
             line.send(wire.error_message(KeeperError("this keeper holds another route")))
             return
         ops: dict[str, Callable[[ClientLine, dict[str, Any]], None]] = {
-            "hello": self._hello, "run": self._run, "read": self._read,
+            "hello": self._hello, "login": self._login_op, "run": self._run, "read": self._read,
             "forward": self._forward, "logout": self._logout}
         op = ops.get(str(request.get("op")))
         if op is None:
@@ -145,16 +150,20 @@ class Keeper:
             return
         try:
             op(line, request)
-        except (HpcnbError, FileNotFoundError) as exc:
-            line.send(wire.error_message(exc))
-        except (EOFError, OSError):
+        except LineClosed:
             raise
+        except (HpcnbError, OSError) as exc:  # OSError: a file on the cluster (SFTP's EACCES ...)
+            line.send(wire.error_message(exc))
         except Exception as exc:  # noqa: BLE001 (a bug reaches the command as one line; the keeper lives)
             _log.exception("request %s failed", request.get("op"))
             line.send(wire.error_message(exc))
 
     def _hello(self, line: ClientLine, _request: dict[str, Any]) -> None:
         line.send(self.describe())
+
+    def _login_op(self, line: ClientLine, _request: dict[str, Any]) -> None:
+        remote = self.login(line)
+        line.send({"route": getattr(remote, "route", ""), "user": getattr(remote, "user", "")})
 
     def describe(self) -> dict[str, Any]:
         remote = self._remote
@@ -240,13 +249,13 @@ class Keeper:
         threading.Thread(target=self._watch_idle, name="keeper-idle", daemon=True).start()
         while not self._stop.is_set():
             try:
-                conn = listener.accept()
-            except (AuthenticationError, EOFError):
-                continue  # not one of this user's commands (or it gave up): next
-            except OSError as exc:
+                conn = listener.accept()  # no authkey here: serve_connection checks it
+            except OSError as exc:  # EMFILE and the like: this connection, not the listener
                 if self._stop.is_set():
                     break
-                raise KeeperError(f"the keeper cannot accept connections: {exc}") from exc
+                _log.info("cannot accept a connection: %s", exc)
+                time.sleep(0.05)
+                continue
             if self._stop.is_set():
                 conn.close()
                 break
@@ -259,6 +268,12 @@ class Keeper:
         if remote is not None:
             with contextlib.suppress(HpcnbError, OSError, EOFError):
                 remote.close()
+
+
+def listen(endpoint: Endpoint) -> Listener:
+    """The keeper's listener. No authkey on it: each connection's own thread checks the key
+    (Keeper.serve_connection), so one silent client cannot stall the others."""
+    return Listener(endpoint.address, family=endpoint.family, backlog=64)
 
 
 def write_info(endpoint: Endpoint, spec: Spec) -> None:

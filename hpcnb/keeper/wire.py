@@ -58,6 +58,9 @@ def error_message(exc: BaseException) -> dict[str, Any]:
     """An exception as a message: HpcnbError keeps its class, message, hint and evidence."""
     if isinstance(exc, FileNotFoundError):
         return {"error": "FileNotFoundError", "message": str(exc)}
+    if isinstance(exc, OSError):  # a file on the cluster that cannot be read (EACCES ...)
+        return {"error": "OSError", "errno": exc.errno, "message": exc.strerror or str(exc),
+                "filename": exc.filename}
     if isinstance(exc, HpcnbError):
         evidence = {k: getattr(exc, k) for k in ("argv", "exit_status", "stderr") if hasattr(exc, k)}
         return {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint, **evidence}
@@ -72,6 +75,11 @@ def raise_error(message: dict[str, Any]) -> None:
     text = str(message.get("message", ""))
     if name == "FileNotFoundError":
         raise FileNotFoundError(text)
+    if name == "OSError":
+        errno_, filename = message.get("errno"), message.get("filename")
+        if isinstance(errno_, int):
+            raise OSError(errno_, text, filename) if filename else OSError(errno_, text)
+        raise OSError(text)
     cls = getattr(errors, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, HpcnbError)):
         cls = KeeperError

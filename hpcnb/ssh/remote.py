@@ -64,6 +64,7 @@ class SSHRemote:
         self._children: list[SSHRemote] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._login = login
 
     def __repr__(self) -> str:
@@ -264,7 +265,9 @@ class SSHRemote:
         directory). FileNotFoundError (plain) when missing, so callers can poll."""
         sftp = self._sftp_client()
         try:
-            with sftp.open(path, "rb") as fh:
+            # One read at a time on the shared SFTP session: paramiko's prefetch keeps per-file
+            # state that concurrent readers (a keeper serving many commands) can leave waiting.
+            with self._read_lock, sftp.open(path, "rb") as fh:
                 fh.prefetch()
                 return fh.read()
         except (paramiko.SSHException, EOFError) as exc:

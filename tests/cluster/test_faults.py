@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 
 import pytest
-from fixtures import CLUSTER_CMD, ssh
-from hpcnb_driver import Background, Hpcnb, derived_config
-from testbed import topology
+from fixtures import CLUSTER_CMD, ssh, sshd_pids_serving
+from hpcnb_driver import Background, Hpcnb, derived_config, keeper_pids, keepers_folder
 from testbed.proc import read_pid, stop_pid
 
 pytestmark = pytest.mark.cluster
@@ -21,19 +19,9 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
 
 
 def _login_sshd_pids_serving(pid: int) -> list[int]:
-    """The sshd processes on login1 that serve the SSH connection of laptop process `pid`."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"{topology.LOGIN.addr}:22"],
-                         capture_output=True, text=True).stdout
-    ports = [line.split()[2].rsplit(":", 1)[1] for line in out.splitlines() if f"pid={pid}," in line]
-    assert ports, f"process {pid} has no SSH connection to login1:\n{out}"
-    pids: list[int] = []
-    for port in ports:
-        inside = subprocess.run(
-            ["ip", "netns", "exec", topology.LOGIN.name, "ss", "-tnpH", "state", "established",
-             "dst", f"{topology.LAPTOP_ADDR}:{port}"], capture_output=True, text=True).stdout
-        pids += [int(p) for p in re.findall(r"pid=(\d+)", inside)]
-    assert pids, "no sshd found for the connection"
-    return sorted(set(pids))
+    """The sshd processes on login1 serving laptop process `pid`'s SSH connection, or its keeper's
+    (hpcnb.keeper: the keeper holds the connection for the command)."""
+    return sshd_pids_serving([pid, *keeper_pids(keepers_folder())])
 
 
 def _kill_with_children(pids: list[int]) -> None:

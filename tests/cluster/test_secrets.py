@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fixtures import on_node, ssh
-from hpcnb_driver import Attached, Hpcnb
+from hpcnb_driver import Attached, Hpcnb, keeper_pids, keepers_folder
 from testbed import topology
 
 pytestmark = pytest.mark.cluster
@@ -177,7 +177,9 @@ def test_another_user_cannot_read_the_session(running: dict[str, Any]) -> None:
 
 def test_local_listener_is_on_loopback_only(running: dict[str, Any]) -> None:
     attached: Attached = running["attached"]
-    listeners = local_listeners(attached.proc.pid)
+    # hpcnb's own process and its keeper (hpcnb.keeper), which serves the tunnel
+    listeners = [found for pid in (attached.proc.pid, *keeper_pids(keepers_folder()))
+                 for found in local_listeners(pid)]
     assert ("0100007F", attached.port) in listeners, listeners
     assert all(addr == "0100007F" for addr, _ in listeners), listeners
     status, _ = attached.http("GET", "/api/status")

@@ -140,7 +140,8 @@ def test_identities_only_ignores_other_agent_keys(testbed, tmp_path, monkeypatch
 
 def test_session_through_the_gateway_node_key_accepted_on_request(testbed, tmp_path):
     """submit --no-attach, attach (node-ssh: the node's key is unknown -> exit 5, then accepted),
-    GET /api/status through the tunnel, cancel. One TOTP prompt per command."""
+    GET /api/status through the tunnel, cancel. One TOTP prompt in all: the keeper (hpcnb.keeper)
+    keeps the login for every later command and for the node hop."""
     kh = tmp_path / "known_hosts"
     kh.write_text("".join(line for line in topology.KNOWN_HOSTS.read_text().splitlines(keepends=True)
                           if not line.startswith("node")))
@@ -162,7 +163,7 @@ def test_session_through_the_gateway_node_key_accepted_on_request(testbed, tmp_p
         with hpcnb.attach(job_id, cluster, "--accept-new-host-key") as attached:
             code_, body = attached.http("GET", "/api/status")
             assert code_ == 200 and "started" in body
-        assert len(prompts(tmp_path)) == before + 1  # the login connection is shared with the node hop
+        assert len(prompts(tmp_path)) == before == 1  # the kept login carries the node hop too
         assert node.name in kh.read_text()
     finally:
         hpcnb.run("cancel", job_id, "--cluster", cluster)

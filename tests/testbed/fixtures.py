@@ -123,3 +123,24 @@ def host_fingerprint(host: topology.Host) -> str:
     out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(host_key(host).with_suffix(".pub"))],
                          capture_output=True, text=True, check=True).stdout
     return out.split()[1]
+
+
+def sshd_pids_serving(pids: list[int], host: topology.Host = topology.LOGIN,
+                      laptop_addr: str = topology.LAPTOP_ADDR) -> list[int]:
+    """The sshd processes in `host`'s namespace serving the SSH connections of laptop processes
+    `pids` (an hpcnb command, or its keeper)."""
+    import re
+
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"{host.addr}:22"],
+                         capture_output=True, text=True).stdout
+    ports = [line.split()[2].rsplit(":", 1)[1] for line in out.splitlines()
+             if any(f"pid={pid}," in line for pid in pids)]
+    assert ports, f"processes {pids} have no SSH connection to {host.name}:\n{out}"
+    found: list[int] = []
+    for port in ports:
+        inside = subprocess.run(
+            ["ip", "netns", "exec", host.name, "ss", "-tnpH", "state", "established",
+             "dst", f"{laptop_addr}:{port}"], capture_output=True, text=True).stdout
+        found += [int(p) for p in re.findall(r"pid=(\d+)", inside)]
+    assert found, f"no sshd found in {host.name} for the connection"
+    return sorted(set(found))

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Iterator
-from multiprocessing.connection import Listener, Pipe
+from multiprocessing.connection import Pipe
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +257,6 @@ def test_authkey_race_reads_the_winners_key(scratch: Path, monkeypatch: pytest.M
     assert [p.name for p in scratch.iterdir()] == ["authkey"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "endpoint.authkey's temporary file is named by pid only: two threads of one process making the "
-    "key at once collide on O_EXCL (and one's finally unlinks the other's file), so one call fails"))
 def test_authkey_race_between_threads(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened = []
     both_opened = threading.Event()
@@ -561,8 +558,7 @@ class Running:
                                 known_hosts=cfg.known_hosts, accept_new_host_key=False, idle_s=idle_s)
         self.keeper = server.Keeper(self.spec, self.endpoint, self.authkey)
         self.keeper.login = login  # type: ignore[method-assign]
-        self.listener = Listener(self.endpoint.address, family=self.endpoint.family,
-                                 authkey=self.authkey)
+        self.listener = server.listen(self.endpoint)
         self.gate = threading.Event()  # gated: the first accept waits for it
         if not gated:
             self.gate.set()
@@ -797,10 +793,6 @@ def probe_bad_length(address: str) -> None:
         sock.sendall(struct.pack("!i", 10**6))  # an answer far longer than any digest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.Keeper.serve_forever: an OSError from listener.accept()'s authentication handshake "
-    "(a client gone before the challenge: BrokenPipeError; a bogus length: 'bad message length') "
-    "is taken as the listener failing, so one stray connection ends the keeper"))
 @pytest.mark.parametrize("probe", [probe_closed_at_once, probe_bad_length])
 def test_a_stray_connection_does_not_end_the_keeper(
         keeper_home: Path, local_remote: LocalRemote, probe: Any) -> None:
@@ -819,10 +811,6 @@ def test_a_stray_connection_does_not_end_the_keeper(
         running.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server.Keeper._dispatch re-raises any OSError from the login's read_file (PermissionError, "
-    "IsADirectoryError: what paramiko's SFTP raises for an unreadable file) as if the command had "
-    "gone; the keeper closes the line unanswered and the command says the keeper went away"))
 def test_an_unreadable_file_is_not_the_keeper_going_away(keeper_home: Path) -> None:
     class Refusing:
         def read_file(self, path: str) -> bytes:
@@ -837,12 +825,10 @@ def test_an_unreadable_file_is_not_the_keeper_going_away(keeper_home: Path) -> N
         running.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client.KeptRemote.request words a lost keeper as `{exc or type(exc).__name__}`: an exception is "
-    "always true, so an EOFError (str '') leaves 'went away: ' with no reason"))
 def test_a_keeper_that_hangs_up_is_named(keeper_home: Path) -> None:
     def login(asker: Any) -> LocalRemote:
-        raise ConnectionResetError  # the keeper drops this command's line unanswered
+        asker.conn.close()  # the keeper drops this command's line unanswered
+        raise EOFError
 
     running = Running(keeper_home, cluster_cfg(), login)
     try:
