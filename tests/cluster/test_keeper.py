@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures import gateway_env, prompts, sshd_pids_serving
+from fixtures import gateway_env, prompts, seed_session, sshd_pids_serving
 from hpcnb_driver import Background, Hpcnb, derived_config, keeper_pids, keepers_folder, stop_keepers
 from testbed import topology
 
@@ -28,10 +28,28 @@ def _kill(pids: list[int]) -> None:
         subprocess.run(["kill", "-KILL", str(pid)], check=False)
 
 
+_SEEDED = iter(range(900000, 999999))
+
+
+def _contact(hpcnb: Hpcnb, cluster: str = "testbed", **kw) -> subprocess.CompletedProcess[str]:
+    """`hpcnb list` with a (made-up) running session in the store, so it asks the cluster: a
+    command that needs the login. The session is new each time (the last list saw it gone)."""
+    seed_session(Path(hpcnb.env["HPCNB_STATE_DIR"]), cluster, str(next(_SEEDED)))
+    return hpcnb.run("list", "--cluster", cluster, **kw)
+
+
 def _connections(hpcnb: Hpcnb) -> list[dict]:
     proc = hpcnb.run("connections", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _alone():
+    """Each test starts with no keeper in this run's folder, and leaves none."""
+    stop_keepers(keepers_folder())
+    yield
+    stop_keepers(keepers_folder())
 
 
 @pytest.fixture
@@ -87,19 +105,14 @@ def test_without_a_keeper_every_command_asks(testbed, tmp_path):
         "jump-nokeeper": ("testbed-jump", {"persist": "no"})})
     hpcnb = Hpcnb(tmp_path / "state", config=config, home=tmp_path)
     hpcnb.env.update(gateway_env(tmp_path))
-    from fixtures import seed_session
-
-    seed_session(tmp_path / "state", "jump-nokeeper")
     for _ in range(2):
-        assert hpcnb.run("list", "--cluster", "jump-nokeeper").returncode == 0
+        assert _contact(hpcnb, "jump-nokeeper").returncode == 0
     assert len(prompts(tmp_path)) == 2
     assert _connections(hpcnb) == []
 
 
 def test_two_commands_at_once_start_exactly_one_keeper(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
-    from fixtures import seed_session
-
     seed_session(tmp_path / "state", "testbed")
     procs = [Background(hpcnb, "list", "--cluster", "testbed", "--json") for _ in range(4)]
     for proc in procs:
@@ -111,13 +124,10 @@ def test_two_commands_at_once_start_exactly_one_keeper(testbed, tmp_path):
 
 def test_a_killed_keeper_is_replaced_by_the_next_command(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
-    from fixtures import seed_session
-
-    seed_session(tmp_path / "state", "testbed")
-    assert hpcnb.run("list", "--cluster", "testbed").returncode == 0
+    assert _contact(hpcnb).returncode == 0
     [old] = keeper_pids(keepers_folder())
     os.kill(old, signal.SIGKILL)  # its socket and info file stay behind: a stale endpoint
-    proc = hpcnb.run("list", "--cluster", "testbed")
+    proc = _contact(hpcnb)
     assert proc.returncode == 0, proc.stderr
     [new] = [k["pid"] for k in _connections(hpcnb)]
     assert new != old
@@ -142,25 +152,19 @@ def test_keeper_killed_under_an_attach_ends_it_in_one_line(testbed, tmp_path):
 
 def test_logout_ends_it_and_the_next_command_logs_in_again(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
-    from fixtures import seed_session
-
-    seed_session(tmp_path / "state", "testbed")
-    assert hpcnb.run("list", "--cluster", "testbed").returncode == 0
+    assert _contact(hpcnb).returncode == 0
     [first] = _connections(hpcnb)
     out = hpcnb.run("logout", "--cluster", "testbed")
     assert out.returncode == 0 and "logged out of hpcuser@10.213.0.2:22" in out.stderr + out.stdout
     assert _connections(hpcnb) == []
-    assert hpcnb.run("list", "--cluster", "testbed").returncode == 0
+    assert _contact(hpcnb).returncode == 0
     [second] = _connections(hpcnb)
     assert second["pid"] != first["pid"]
 
 
 def test_another_local_user_is_refused(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
-    from fixtures import seed_session
-
-    seed_session(tmp_path / "state", "testbed")
-    assert hpcnb.run("list", "--cluster", "testbed").returncode == 0
+    assert _contact(hpcnb).returncode == 0
     [keeper] = _connections(hpcnb)
     socket_path = keepers_folder() / f"{keeper['key']}.sock"
     other = topology.USERS[0]  # hpcuser, an ordinary user on this machine too
@@ -184,10 +188,7 @@ def test_a_keepers_folder_of_another_user_is_refused(testbed, tmp_path):
         subprocess.run(["chown", topology.USERS[0], str(folder)], check=True)
         hpcnb = Hpcnb(tmp_path / "state", config=testbed)
         hpcnb.env["HPCNB_RUNTIME_DIR"] = str(folder)
-        from fixtures import seed_session
-
-        seed_session(tmp_path / "state", "testbed")
-        proc = hpcnb.run("list", "--cluster", "testbed")
+        proc = _contact(hpcnb)
         assert proc.returncode == 12, proc.stderr
         assert proc.stderr.count("\n") == 1 and "is not a folder of this user's" in proc.stderr
     finally:
@@ -203,10 +204,7 @@ def test_no_space_for_the_keepers_files_is_one_line(testbed, tmp_path):
                        capture_output=True, check=False)
         hpcnb = Hpcnb(tmp_path / "state", config=testbed)
         hpcnb.env["HPCNB_RUNTIME_DIR"] = str(folder)
-        from fixtures import seed_session
-
-        seed_session(tmp_path / "state", "testbed")
-        proc = hpcnb.run("list", "--cluster", "testbed", timeout=60)
+        proc = _contact(hpcnb, timeout=60)
         assert proc.returncode == 12, proc.stderr
         assert proc.stderr.count("\n") == 1 and "no space left" in proc.stderr, proc.stderr
     finally:
