@@ -211,3 +211,37 @@ def test_no_space_for_the_keepers_files_is_one_line(testbed, tmp_path):
         stop_keepers(folder)
         subprocess.run(["umount", str(folder)], check=False)
         folder.rmdir()
+
+
+def test_the_keeper_outlives_the_terminal_that_started_it(testbed, tmp_path):
+    """`hpcnb attach` in a terminal (a pty) that then closes: the attach gets SIGHUP and ends, its
+    keeper (a session of its own) stays and serves the next command without a new login."""
+    import pty
+    import sys
+
+    hpcnb = Hpcnb(tmp_path / "state", config=testbed)
+    job_id = hpcnb.submit("testbed", "--hours", "0.5")
+    try:
+        [keeper] = keeper_pids(keepers_folder())
+        pid, master = pty.fork()
+        if pid == 0:  # the child: attach, on the pty as its terminal
+            os.execve(sys.executable, [sys.executable, "-m", "hpcnb", "attach", job_id, "--cluster",
+                                       "testbed", "--no-browser"], hpcnb.env)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"/lab?token=" not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+        assert b"/lab?token=" in seen, seen.decode(errors="replace")
+        os.close(master)  # the terminal window closes
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0
+        os.kill(keeper, 0)  # still there
+        [described] = _connections(hpcnb)
+        assert described["pid"] == keeper and described["logins"] == 1
+        assert _contact(hpcnb).returncode == 0
+        assert _connections(hpcnb)[0]["logins"] == 1
+    finally:
+        hpcnb.run("cancel", job_id, "--cluster", "testbed")
