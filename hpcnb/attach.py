@@ -98,22 +98,23 @@ def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], 
     return Far(_served_here(route), route.login, route.close)
 
 
-def kept_far(handshake: Handshake, kept: Any, node: str | None) -> Far:
-    """A cluster with a keeper (hpcnb.keeper): the keeper listens and forwards, so the bytes are
-    encrypted once, and the port stays when the keeper logs in again after a drop. A keeper that
-    ends under the tunnel ends the attach (KeeperError): the port is gone with it."""
+def forwarded_far(handshake: Handshake, remote: Any, node: str | None) -> Far:
+    """A connection that forwards for us (a keeper, hpcnb.keeper; or ssh's ControlMaster,
+    hpcnb.openssh): it listens on 127.0.0.1 itself, so the bytes are encrypted once, and a keeper
+    keeps the port when it logs in again after a drop. When what serves the tunnel ends, the
+    attach ends too (KeeperError): the port is gone with it."""
     served: list[Any] = []
 
     def listen(port: int, _notify: Notify) -> Listening:
-        served.append(kept.forward(_target(handshake, node), port))
+        served.append(remote.forward(_target(handshake, node), port))
         return served[-1]
 
     def files_remote() -> Remote:
-        if served and served[-1].ended.is_set():
-            raise KeeperError(f"the keeper serving 127.0.0.1:{served[-1].port} has ended",
+        if served and not served[-1].alive():
+            raise KeeperError(f"the connection serving 127.0.0.1:{served[-1].port} has ended",
                               hint=f"see hpcnb connections; `hpcnb attach {handshake.job_id}` "
                                    "tunnels again")
-        return kept  # type: ignore[no-any-return]
+        return remote  # type: ignore[no-any-return]
 
     return Far(listen, files_remote, lambda: None)
 

@@ -65,7 +65,12 @@ class Cluster:
     @property
     def kept(self) -> bool:
         """Whether commands go through a keeper (hpcnb.keeper): one login for many commands."""
-        return not self.is_local and self.cfg.persist is not None
+        return not self.is_local and self.cfg.persist is not None and self.cfg.ssh_backend == "paramiko"
+
+    @property
+    def openssh(self) -> bool:
+        """Whether the system `ssh` does the logins (hpcnb.openssh): its own ControlMaster keeps them."""
+        return not self.is_local and self.cfg.ssh_backend == "openssh"
 
     # ---- the connection and the store ---------------------------------------------------------
 
@@ -80,6 +85,11 @@ class Cluster:
         """A new connection to the login host: the tunnel calls this again after a drop."""
         if self.is_local:
             return LocalRemote()
+        if self.openssh:
+            from hpcnb.openssh.remote import OpenSSHRemote
+
+            return OpenSSHRemote(self.cfg, accept_new_host_key=self.accept_new_host_key,
+                                 notify=self.notify)
         if self.kept:
             from hpcnb.keeper.client import KeptRemote
 

@@ -98,6 +98,7 @@ class ClusterConfig:
     jupyter_env: str | None = None  # where `hpcnb jupyter install` puts its env (on the cluster)
     unverified: tuple[str, ...] = ()  # what the site file could not confirm from the site's docs
     persist: float | None = 12 * 3600.0  # a keeper's idle window in seconds; None: no keeper
+    ssh_backend: str = "paramiko"  # or "openssh": the system ssh does every login (hpcnb.openssh)
 
     @property
     def machine(self) -> str:
@@ -162,7 +163,7 @@ _KEYS: dict[str, str] = {
     "python": "str", "account_required": "bool", "partition_flag": "str",
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
-    "resources": "resources", "persist": "persist",
+    "resources": "resources", "persist": "persist", "ssh_backend": "str",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -282,6 +283,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     values["profiles"] = profile_tables.build(values.get("profiles", {}))
     values["resources"] = tuple(sorted(values.get("resources", {}).items()))
     values["persist"] = persist.parse(values.get("persist", persist.DEFAULT), where)
+    _one_of(values.setdefault("ssh_backend", "paramiko"), ("paramiko", "openssh"), "ssh_backend", where)
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():
         choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)

@@ -120,7 +120,17 @@ def check_ssh(ctx) -> Check:
                       exc.hint or 'see `hpcnb connections`; persist = "no" logs in without a keeper',
                       KeeperError.exit_code)
     user = getattr(remote, "user", None) or cfg.user or "?"
-    return passed("ssh", f"{user}@{cfg.login_host}:{cfg.port or 22} (host key known, authenticated)")
+    return passed("ssh", f"{user}@{cfg.login_host}:{cfg.port or 22} (host key known, authenticated); "
+                         f"{backend(cfg, remote)}")
+
+
+def backend(cfg, remote) -> str:
+    """Which SSH backend, why, and (OpenSSH) its version and master."""
+    describe = getattr(remote, "describe", None)
+    what = describe() if callable(describe) else "paramiko"
+    why = (f'ssh_backend = "openssh" in {cfg.source}' if cfg.ssh_backend == "openssh"
+           else 'the default; ssh_backend = "openssh" uses your own OpenSSH login')
+    return f"backend {what} ({why})"
 
 
 # ------------------------------------------------------------------ scheduler

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -57,6 +58,13 @@ class Remote(Protocol):
     def close(self) -> None:
         """Release the connection (a no-op for LocalRemote)."""
         ...
+
+
+def shell_command(argv: Sequence[str]) -> str:
+    """argv as one command line for the login shell at the far end of SSH (which always gets a
+    string): every word single-quoted by shlex.quote. The one quoting point of both SSH backends
+    (hpcnb.ssh, hpcnb.openssh); nothing else builds a remote command line."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
 
 
 Run = TypeVar("Run", bound=Callable[..., CommandResult])

@@ -93,8 +93,8 @@ class Session:
         handshake = self._handshake or self.wait_ready()
         if cluster.is_local:
             far = attach.local_far(handshake, cluster.remote)
-        elif cluster.kept:
-            far = attach.kept_far(handshake, cluster.remote, self.node)
+        elif cluster.kept or cluster.openssh:  # a keeper, or ssh's master, forwards for us
+            far = attach.forwarded_far(handshake, cluster.remote, self.node)
         else:
             far = attach.ssh_far(handshake, cluster.remote, cluster.connect, self.node,
                                  accept_new_host_key=cluster.accept_new_host_key,

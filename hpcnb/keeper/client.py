@@ -130,6 +130,10 @@ class KeptRemote:
         self.user = str(reply.get("user") or "")
         self.route = f"{reply.get('route')} (kept connection)"
 
+    def describe(self) -> str:
+        """For `hpcnb doctor`: which backend and how it is kept."""
+        return f"paramiko, kept by a keeper for {self.cfg.persist:.0f} s idle ({self.endpoint.address})"
+
     def hello(self) -> dict[str, Any]:
         return self.request({"op": "hello"}, timeout=10.0)
 
@@ -216,6 +220,9 @@ class KeptForward:
             pass
         finally:
             self.ended.set()
+
+    def alive(self) -> bool:
+        return not self.ended.is_set()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, EOFError), self._send_lock:

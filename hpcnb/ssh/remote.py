@@ -8,7 +8,6 @@ a command that needs the login host twice (a node-ssh tunnel) logs in, and promp
 from __future__ import annotations
 
 import getpass
-import shlex
 import threading
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Protocol
 import paramiko
 
 from hpcnb.errors import CommandError, SSHError
-from hpcnb.remote import CommandResult, logged
+from hpcnb.remote import CommandResult, logged, shell_command
 from hpcnb.ssh import auth, hostkeys, route
 from hpcnb.ssh.links import Link, open_route
 from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTransport, open_tcp, open_transport
@@ -198,7 +197,7 @@ class SSHRemote:
         """Run argv (each word shell-quoted for the remote login shell). Never raises for a
         non-zero exit; SSHError if the connection fails, CommandError on timeout."""
         argv = list(argv)
-        command = " ".join(shlex.quote(a) for a in argv)
+        command = shell_command(argv)
         deadline = time.monotonic() + timeout
         try:
             chan = self.transport.open_session(timeout=timeout)

@@ -1,0 +1,114 @@
+"""What hpcnb passes to the system `ssh`, and what it reads back: pure, no processes.
+
+Values reach `ssh` as argv words (never through a local shell); the remote command is one string
+built by hpcnb.remote.shell_command, the quoting point the paramiko backend uses too. Host keys
+stay strict: hpcnb never passes StrictHostKeyChecking=no nor a /dev/null known_hosts; a user
+config's `no`/`off` is raised to `yes` (as the paramiko backend treats it), and
+--accept-new-host-key maps to `accept-new` (ssh_config(5)).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError
+
+CONNECT_TIMEOUT_S = 10
+VERSION_RE = re.compile(r"OpenSSH_for_Windows_[\w.]+|OpenSSH_[\w.]+")
+
+
+@dataclass(frozen=True)
+class Control:
+    """The ControlMaster to use: the user's own (their ssh config's ControlPath, already running),
+    or hpcnb's (started on first use, kept `persist` seconds after the last), or none (Windows)."""
+
+    kind: str  # "yours" | "hpcnb" | "none"
+    path: str | None = None
+    persist_s: int = 0
+
+
+def quote_path(path: str) -> str:
+    """A path inside an -o value: ssh_config(5) splits on whitespace unless double-quoted."""
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def host_key_option(effective: Mapping[str, str], accept_new: bool) -> list[str]:
+    """StrictHostKeyChecking: accept-new when asked (flag or the user's own config), else yes."""
+    mode = effective.get("stricthostkeychecking", "ask").lower()
+    if accept_new or mode == "accept-new":
+        return ["-o", "StrictHostKeyChecking=accept-new"]
+    return ["-o", "StrictHostKeyChecking=yes"]  # never `no`; `ask` has no terminal to ask on
+
+
+def base_options(cfg: Any, effective: Mapping[str, str], control: Control, *,
+                 accept_new: bool, login_port: bool = True) -> list[str]:
+    """The options for every `ssh` of this cluster: its explicit values, host keys, the master.
+    login_port=False: for the node hop (the cluster's port is its login host's)."""
+    opts: list[str] = ["-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+    if cfg.user:
+        opts += ["-l", cfg.user]
+    if cfg.port and login_port:
+        opts += ["-p", str(cfg.port)]
+    if cfg.identity_file:
+        opts += ["-i", cfg.identity_file]
+    if cfg.known_hosts:
+        # The cluster's file first (it receives accepted keys), then the user's usual ones.
+        files = [cfg.known_hosts, *effective.get("userknownhostsfile", "~/.ssh/known_hosts").split()]
+        opts += ["-o", "UserKnownHostsFile=" + " ".join(quote_path(f) for f in dict.fromkeys(files))]
+    opts += host_key_option(effective, accept_new)
+    # A command never becomes a master itself (a master started by a command would hold its
+    # output pipes open): the master is started on its own (master_options), and commands ride it.
+    opts += ["-o", "ControlMaster=no"]
+    if control.kind == "hpcnb" and control.path:
+        opts += ["-o", f"ControlPath={quote_path(control.path)}"]
+    elif control.kind == "none":
+        opts += ["-o", "ControlPath=none"]
+    return opts
+
+
+def master_options(control: Control) -> list[str]:
+    """Starting the master: authenticate, then go to the background (-f) holding the connection
+    (-N), for `persist_s` after its last client (0: until `ssh -O exit`)."""
+    persist = str(control.persist_s) if control.persist_s else "yes"
+    return ["-M", "-N", "-f", "-o", f"ControlPersist={persist}"]
+
+
+def parse_effective(text: str) -> dict[str, str]:
+    """`ssh -G HOST` output (one `keyword value` per line, lower-case keywords) -> a dict; a
+    keyword given several times (identityfile) keeps its first value."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and key not in found:
+            found[key.lower()] = value.strip()
+    return found
+
+
+def user_control_path(effective: Mapping[str, str]) -> str | None:
+    """The user's own ControlPath, when their config sets one (`ssh -G` expands its tokens)."""
+    path = effective.get("controlpath", "none")
+    return None if path.lower() == "none" else path
+
+
+def version(text: str) -> str | None:
+    """`ssh -V`'s answer (on stderr) -> "OpenSSH_9.2p1" (None when it is not OpenSSH)."""
+    found = VERSION_RE.search(text)
+    return found.group(0) if found else None
+
+
+def classify(stderr: str, target: str, command: Sequence[str] = ()) -> SSHError:
+    """ssh exited 255 (its own failure, ssh(1) EXIT STATUS): the error that says which one."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    last = lines[-1] if lines else "ssh exited 255"
+    if any("Host key verification failed" in ln or "REMOTE HOST IDENTIFICATION HAS CHANGED" in ln
+           for ln in lines):
+        return HostKeyError(f"ssh refused the host key of {target}: {last}",
+                            hint="check its fingerprint with the centre's documentation, then run "
+                                 "again with --accept-new-host-key (a changed key is never accepted)")
+    if any("Permission denied" in ln or "Too many authentication failures" in ln for ln in lines):
+        return AuthenticationFailed(f"authentication failed for {target}: {last}")
+    what = f" running `{' '.join(command)}`" if command else ""
+    return SSHError(f"ssh to {target} failed{what}: {last}")
