@@ -88,3 +88,37 @@ def test_host_keys_stay_strict(testbed, tmp_path):
     proc = hpcnb.run("doctor", "--cluster", "openssh-unknown-key", "--accept-new-host-key")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "10.213.0.2" in known.read_text()
+
+
+def test_rides_the_users_own_live_master_and_asks_nothing(testbed, tmp_path):
+    """The user opened a ControlMaster in the morning (their ssh config's ControlPath): hpcnb's
+    commands go through it, with no login and no prompt of their own."""
+    from testbed import topology, totp
+
+    control = tmp_path / "cm"
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n    ControlPath {control}\n\n" + topology.SSH_CONFIG.read_text())
+    env = {**gateway_env(tmp_path, config), "HOME": str(tmp_path)}
+    askpass = tmp_path / "morning-askpass"
+    askpass.write_text(f"#!/bin/sh\necho {totp.next_code()}\n")
+    askpass.chmod(0o700)
+    morning = subprocess.run(
+        ["ssh", "-F", str(config), "-M", "-N", "-f", "-o", "ControlPersist=300", "tb-login"],
+        env={**env, "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force"},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert morning.returncode == 0, morning.stderr
+    try:
+        state = tmp_path / "state"
+        hpcnb = Hpcnb(state, testbed, home=tmp_path)
+        hpcnb.env.update(env)
+        for job in ("900011", "900012"):
+            seed_session(state, "testbed-openssh-jump", job)
+            proc = hpcnb.run("list", "--cluster", "testbed-openssh-jump")
+            assert proc.returncode == 0, proc.stderr
+        assert prompts(tmp_path) == []  # hpcnb asked nothing: the user's master carried it all
+        doctor = hpcnb.run("doctor", "--cluster", "testbed-openssh-jump")
+        assert f"your ControlMaster at {control}" in doctor.stdout, doctor.stdout + doctor.stderr
+        assert not _masters()  # and started no master of its own
+    finally:
+        subprocess.run(["ssh", "-F", str(config), "-O", "exit", "tb-login"], capture_output=True,
+                       timeout=30, env=env)
