@@ -249,7 +249,9 @@ def keeper_pids(folder: Path) -> list[int]:
 
 
 def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
-    """End every keeper (hpcnb.keeper) whose endpoint is in `folder`; the pids it signalled."""
+    """End every keeper (hpcnb.keeper) whose endpoint is in `folder`, and every OpenSSH master
+    hpcnb started there (hpcnb.openssh); the keepers' pids it signalled."""
+    subprocess.run(["pkill", "-f", f"ControlPath={folder}/"], check=False)
     pids = []
     for pid in keeper_pids(folder):
         try:

@@ -30,16 +30,19 @@ def connections(as_json: bool) -> None:
     `persist` idle window (default 12h), on `hpcnb logout`, or when it cannot log in again.
     """
     from hpcnb.keeper.client import live_keepers
+    from hpcnb.openssh.remote import own_masters
 
     found = live_keepers()
+    masters = [str(m) for m in own_masters()]
     if as_json:
-        print_json(found)
+        print_json(found if not masters else [*found, *({"openssh_master": m} for m in masters)])
         return
-    if not found:
+    if not found and not masters:
         say("no kept connections")
         return
     rows = [[d["cluster"], d["route"], _since(d["since"]), duration(int(d["idle_s"])),
              _tunnels(d), d["pid"]] for d in found]
+    rows += [["(openssh)", f"ControlMaster {m}", "-", "-", "-", "-"] for m in masters]
     print_table(rows, ["cluster", "login", "since", "idle", "tunnels", "pid"])
 
 
@@ -55,13 +58,22 @@ def logout(cluster: str | None, everything: bool) -> None:
 
     if everything and cluster:
         raise click.UsageError("--all and --cluster contradict each other: use one")
-    keys = None if everything else [route_key_of(load_cluster(cluster))]
-    ended = end_keepers(keys)
-    if not ended:
-        say("no kept connection to end" if everything
-            else f"no kept connection for {cluster or 'the default cluster'}")
+    from hpcnb.openssh.remote import OpenSSHRemote, end_master, own_masters
+
+    cfg = None if everything else load_cluster(cluster)
+    ended = end_keepers(None if cfg is None else [route_key_of(cfg)])
     for d in ended:
         say(f"logged out of {d['route']} (kept for {d['cluster']} since {_since(d['since'])})")
+    if cfg is None:
+        masters = [m for m in own_masters() if end_master(m)]
+    else:
+        masters = ([cfg.login_host] if cfg.ssh_backend == "openssh" and cfg.login_host
+                   and OpenSSHRemote(cfg).logout() else [])
+    for m in masters:
+        say(f"ended hpcnb's OpenSSH master {m}")
+    if not ended and not masters:
+        say("no kept connection to end" if everything
+            else f"no kept connection for {cluster or 'the default cluster'}")
 
 
 COMMANDS = (connections, logout)

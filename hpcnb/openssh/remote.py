@@ -173,6 +173,13 @@ class OpenSSHRemote:
         self.ensure_master()
         return open_forward(self, target, port)
 
+    def logout(self) -> bool:
+        """End hpcnb's own master for this route (never the user's); whether one was running."""
+        if self.control.kind != "hpcnb" or not self.master_alive():
+            return False
+        self._plain([self.ssh, "-O", "exit", *self.options, "--", self.host])
+        return True
+
     def close(self) -> None:
         # A master hpcnb started for one command only (persist = "no") ends with it.
         if self._started_master and self.control.kind == "hpcnb" and not self.cfg.persist:
@@ -184,3 +191,32 @@ class OpenSSHRemote:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def own_masters(folder: Path | None = None) -> list[Path]:
+    """The ControlMaster sockets hpcnb started (in its private folder) that still answer."""
+    from hpcnb.keeper import endpoint as ep
+
+    where = folder or ep.runtime_folder()
+    ssh = shutil.which("ssh")
+    if ssh is None or not where.is_dir():
+        return []
+    alive = []
+    for sock in sorted(where.glob("ssh-*")):
+        check = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "check",
+                                "hpcnb-master"], capture_output=True, timeout=10, check=False,
+                               stdin=subprocess.DEVNULL)
+        if check.returncode == 0:
+            alive.append(sock)
+        else:
+            sock.unlink(missing_ok=True)  # a master that died left its socket
+    return alive
+
+
+def end_master(sock: Path) -> bool:
+    """`ssh -O exit` on one of hpcnb's masters; whether it answered."""
+    ssh = shutil.which("ssh") or "ssh"
+    proc = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "exit",
+                           "hpcnb-master"], capture_output=True, timeout=10, check=False,
+                          stdin=subprocess.DEVNULL)
+    return proc.returncode == 0
