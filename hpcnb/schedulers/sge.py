@@ -1,9 +1,11 @@
 """Grid Engine (Son of Grid Engine 8.1.9, Debian's gridengine packages) via qsub, qstat -xml, qacct,
 qdel (pure).
 
-Formats are those the real daemons print: ../shared/gridengine/captures/ (a single-host run, copied
-into tests/unit/captured/sge_*_recipe.txt; none from the testbed's daemons yet). Man pages cited:
-qsub(1), qstat(1), qacct(1), accounting(5), sge_types(1), complex(5), sge_pe(5) of SGE 8.1.9.
+Formats are those the real daemons print: the testbed's qmaster and execds
+(tests/testbed/capture_sge.py -> tests/unit/captured/sge_*_testbed.txt; tests/cluster/test_sge.py
+runs hpcnb end to end on them) and a single-host run (../shared/gridengine/captures/ ->
+sge_*_recipe.txt). Man pages cited: qsub(1), qstat(1), qacct(1), accounting(5), sge_types(1),
+complex(5), sge_pe(5) of SGE 8.1.9.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ FAILED_SIGNAL = "100"     # "assumedly after job": died through a signal; qdel o
 #                           (SIGKILL, exit_status 137: captures/qacct-qdel-running.txt)
 EXIT_KILLED = "137"       # 128 + SIGKILL
 
-# What the q* commands print when sge_qmaster does not answer: commlib's connection errors, then
-# "unable to contact qmaster using port 6444 on host ...". NOT YET CAPTURED (the recipe never ran a
-# client against a stopped qmaster): texts from SGE 8.1.9's sources, to be checked on the testbed.
+# What the q* commands print when sge_qmaster does not answer. Captured on the testbed with the qmaster
+# stopped (sge_*_controller_down_testbed.txt): "error: commlib error: got select error (Connection
+# refused)" and 'unable to send message to qmaster using port 6444 on host "login1": got send error'.
+# The others are from SGE 8.1.9's sources (a host that does not answer, a cell without act_qmaster).
 CONTROLLER_DOWN = (
     "unable to contact qmaster",
     "unable to send message to qmaster",
@@ -72,6 +75,17 @@ UNKNOWN_JOB = (
     "jobs do not exist",       # qstat -j: "Following jobs do not exist" (captures/qstat-j-after-end.txt)
     "not found",               # qacct: "error: job id 11 not found" (captures/qacct-qdel-queued.txt)
 )
+
+# qsub reads the script on its standard input (the #$ lines are options too: checked on the testbed).
+# A refusal is two lines on stderr, "Unable to run job: error: no suitable queues", "Exiting.";
+# hpcnb quotes an error's last line, so the "Exiting." goes and the reason is what the user reads.
+# qsub's exit status is kept; its stdout (-terse: the id) goes to ours as it is.
+_SUBMIT_SH = ('exec 3>&1; e=$(qsub -terse 2>&1 >&3 3>&-); s=$?; '
+              '[ -n "$e" ] && printf "%s\\n" "$e" | grep -vx "Exiting\\." >&2; exit "$s"')
+
+# qdel prints its verdicts on stdout, a refusal too: 'denied: job "9" does not exist', exit 1
+# (sge_qdel_unknown_testbed.txt); hpcnb reads a failed command's stderr, so it goes there.
+_CANCEL_SH = 'exec qdel "$1" >&2'
 
 # qsub -terse prints only the id ("9", captures/qsub-test.txt); an array job "9.1-10:1".
 _JOB_ID_RE = re.compile(r"^[1-9]\d*(?:\.\d+(?:-\d+(?::\d+)?)?)?\Z")
@@ -257,10 +271,9 @@ class SGEScheduler(Scheduler):
 
     def submit_argv(self) -> list[str]:
         # qsub(1): "If no command argument is given, qsub reads the script from its standard
-        # input"; the #$ lines of a script read from stdin are options as well. NOT YET CHECKED
-        # against a running qmaster (the recipe submitted files); if it fails, use pbs.py's
-        # temp-file _SUBMIT_SH. -terse: print only the job id (captures/qsub-test.txt).
-        return ["qsub", "-terse"]
+        # input"; the #$ lines of a script read from stdin are options as well (checked on the
+        # testbed's qmaster). -terse: print only the job id (captures/qsub-test.txt).
+        return ["sh", "-c", _SUBMIT_SH]
 
     def parse_job_id(self, stdout: str) -> str:
         lines = [ln.strip() for ln in stdout.strip().splitlines() if ln.strip()]
@@ -286,4 +299,4 @@ class SGEScheduler(Scheduler):
         return {j: status_from_qacct(j, a) for j, a in parse_qacct(stdout).items()}
 
     def cancel_argv(self, job_id: str) -> list[str]:
-        return ["qdel", sge_ids([job_id])[0]]
+        return ["sh", "-c", _CANCEL_SH, "sh", sge_ids([job_id])[0]]

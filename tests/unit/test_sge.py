@@ -1,11 +1,13 @@
 """SGEScheduler (Son of Grid Engine 8.1.9): argv builders, parsers and the job script, against
-output captured from real daemons (tests/unit/captured/sge_*_recipe.txt, copied with a provenance
-header from ../shared/gridengine/captures/; none from the testbed's daemons yet)."""
+output captured from real daemons: the testbed's qmaster and execds (sge_*_testbed.txt, by
+tests/testbed/capture_sge.py, hpcnb's own status and history queries among them) and a single-host
+run (sge_*_recipe.txt, copied with a provenance header from ../shared/gridengine/captures/)."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 from fakes import CAPTURED, captured
 
 from hpcnb.config import ClusterConfig
+from hpcnb.remote import CommandResult
 from hpcnb.render import render_script
 from hpcnb.request import build_request
 from hpcnb.schedulers import SCHEDULERS, JobState, get_scheduler
@@ -59,7 +62,8 @@ def test_parse_job_id_garbage(out: str) -> None:
 
 
 def test_argv() -> None:
-    assert sge.submit_argv() == ["qsub", "-terse"]
+    submit = sge.submit_argv()
+    assert submit[:2] == ["sh", "-c"] and "qsub -terse" in submit[2] and len(submit) == 3
     argv = sge.status_argv(["9", "10"], "alice")
     assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "-u", "alice"]
     assert "qstat -r -xml" in argv[2]
@@ -67,7 +71,8 @@ def test_argv() -> None:
     history = sge.history_argv(["9", "10"])
     assert history is not None and history[3:] == ["sh", "9", "10"] and "qacct -j" in history[2]
     assert sge.history_argv([]) is None
-    assert sge.cancel_argv("9") == ["qdel", "9"]
+    cancel = sge.cancel_argv("9")
+    assert cancel[:2] == ["sh", "-c"] and "qdel" in cancel[2] and cancel[3:] == ["sh", "9"]
 
 
 @pytest.mark.parametrize("bad", ["-u", "9 10", "9,10", "", "all", "9.1", "0"])
@@ -93,6 +98,44 @@ def test_status_and_history_run_in_a_shell(tmp_path: Path) -> None:
                           env=env, check=False)
     assert hist.returncode == 0 and hist.stdout == "jobnumber 1\n"
     assert sge.is_unknown_job_error(hist.stderr, hist.returncode)
+
+
+def fake_commands(tmp_path: Path, **scripts: str) -> dict[str, str]:
+    """PATH with fake SGE commands (name -> sh body) first."""
+    for name, body in scripts.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(("body", "code", "out", "err"), [
+    ("ok", 0, "14\n", ""),
+    # a refusal (sge_qsub_controller_down_testbed.txt has the real lines): "Exiting." goes
+    ("no queue", 1, "", "Unable to run job: error: no suitable queues\n"),
+    ("warning", 0, "15\n", 'warning: "-w" option has already been set, overriding previous setting\n'),
+])
+def test_submit_runs_in_a_shell(tmp_path: Path, body: str, code: int, out: str, err: str) -> None:
+    """The script reaches qsub on stdin; its exit status and stdout are qsub's; its stderr without
+    qsub's closing "Exiting.", so the reason is the last line hpcnb quotes."""
+    env = fake_commands(tmp_path, qsub='s=$(cat); echo "args: $*" >"$0.args"; case "$s" in\n'
+                        '"no queue") echo "Unable to run job: error: no suitable queues" >&2; '
+                        'echo Exiting. >&2; exit 1;;\n'
+                        'warning) echo \'warning: "-w" option has already been set, overriding '
+                        'previous setting\' >&2; echo 15;;\n*) echo 14;; esac')
+    proc = subprocess.run(sge.submit_argv(), input=body, capture_output=True, text=True, env=env,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, err)
+    assert (tmp_path / "qsub.args").read_text() == "args: -terse\n"
+
+
+def test_cancel_runs_in_a_shell(tmp_path: Path) -> None:
+    """qdel's verdict, on its stdout, reaches stderr, where hpcnb looks for 'does not exist'."""
+    run = captured_run("sge_qdel_unknown_testbed.txt")
+    env = fake_commands(tmp_path, qdel=f"printf %s {shlex.quote(run.stdout)}; exit {run.exit_status}")
+    proc = subprocess.run(sge.cancel_argv("999999"), capture_output=True, text=True, env=env,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", 'denied: job "999999" does not exist\n')
+    assert sge.is_unknown_job_error(proc.stderr, proc.returncode)
 
 
 def test_state_map() -> None:
@@ -226,7 +269,7 @@ def test_rendered_script_directives_exact() -> None:
     bash_n(script)
     assert directives(script) == [
         "#$ -N nb", "#$ -l h_rt=26:00:00", "#$ -S /bin/bash", "#$ -o /dev/null", "#$ -j y",
-        "#$ -q gpu.q", "#$ -P proj1", "#$ -pe smp 4", "#$ -l h_vmem=4G", "#$ -l gpu=2",
+        "#$ -w e", "#$ -q gpu.q", "#$ -P proj1", "#$ -pe smp 4", "#$ -l h_vmem=4G", "#$ -l gpu=2",
         "#$ -l arch=lx-amd64",
     ]
     assert all(DIRECTIVE.match(line) for line in directives(script))
@@ -238,7 +281,7 @@ def test_rendered_script_minimal() -> None:
     script = render_script(cfg, build_request(cfg, time="00:30:00"), "sge")
     bash_n(script)
     assert directives(script) == ["#$ -N hpcnb", "#$ -l h_rt=00:30:00", "#$ -S /bin/bash",
-                                  "#$ -o /dev/null", "#$ -j y"]
+                                  "#$ -o /dev/null", "#$ -j y", "#$ -w e"]
 
 
 @pytest.mark.parametrize(("jupyter_exit", "job_exit"), [(100, 1), (99, 1), (0, 0), (3, 3)])
@@ -255,3 +298,86 @@ def test_job_never_exits_99_or_100(tmp_path: Path, jupyter_exit: int, job_exit: 
                           check=False, timeout=30)
     assert proc.returncode == job_exit, proc.stderr
     assert (tmp_path / ".hpcnb" / "sessions").is_dir()
+
+
+# ---- the testbed's qmaster and execds (tests/testbed/capture_sge.py) -----------------------------
+
+
+def captured_run(name: str) -> CommandResult:
+    """A captured command: argv, exit status and stderr from its '## ' header, then its stdout."""
+    header, stdout = (CAPTURED / name).read_text().split("## ---\n", 1)
+    fields = dict(line[3:].split(": ", 1) for line in header.splitlines()
+                  if line.startswith(("## command: ", "## exit: ", "## stderr: ")))
+    stderr = "" if fields["stderr"] == "(none)" else fields["stderr"].replace(" | ", "\n") + "\n"
+    return CommandResult(shlex.split(fields["command"]), int(fields["exit"]), stdout, stderr)
+
+
+def capture_jobs(name: str) -> dict[str, str]:
+    """The '## jobs: what=ID ...' line of a capture: which job is which."""
+    line = next(ln for ln in (CAPTURED / name).read_text().splitlines() if ln.startswith("## jobs: "))
+    return dict(word.split("=", 1) for word in line[len("## jobs: "):].split())
+
+
+def test_testbed_status_one_query_for_every_kind_of_job() -> None:
+    run = captured_run("sge_status_queue_testbed.txt")
+    assert run.argv == sge.status_argv(["1"], "hpcuser")
+    ids = capture_jobs("sge_status_queue_testbed.txt")
+    jobs = sge.parse_status(run.stdout)
+    assert set(jobs) == set(ids.values())
+    gpus, smp, waiting, held, error = (jobs[ids[k]] for k in ("gpus", "smp", "waiting", "held", "error"))
+    # h_rt minus (the clock line - JAT_start_time): 600 - 4, 1200 - 4
+    assert (gpus.state, gpus.node, gpus.partition, gpus.time_left_s) == (
+        JobState.RUNNING, "node02", "all.q", 596)
+    assert (smp.state, smp.node, smp.time_left_s) == (JobState.RUNNING, "node01", 1196)
+    assert (waiting.state, waiting.node, waiting.time_left_s) == (JobState.PENDING, None, 300)
+    assert (held.state, held.raw_state) == (JobState.HELD, "hqw")
+    assert (error.state, error.raw_state) == (JobState.HELD, "Eqw")
+    assert "error state" in (error.reason or "")
+    assert {j.name for j in jobs.values()} == {"hpcnb"}
+
+
+def test_testbed_status_when_every_job_has_ended() -> None:
+    assert sge.parse_status(captured_run("sge_status_ended_testbed.txt").stdout) == {}
+
+
+def test_testbed_history_says_how_each_job_ended() -> None:
+    run = captured_run("sge_history_testbed.txt")
+    ids = capture_jobs("sge_history_testbed.txt")
+    assert run.argv == sge.history_argv(run.argv[4:]) and run.exit_status == 0
+    jobs = sge.parse_history(run.stdout)
+    expected = {"completed": (JobState.COMPLETED, "0"), "failed": (JobState.FAILED, "3"),
+                "hrt": (JobState.TIMEOUT, "137"), "deleted_running": (JobState.CANCELLED, "137"),
+                "deleted_running_smp": (JobState.CANCELLED, "137")}
+    for what, (state, code) in expected.items():
+        job = jobs[ids[what]]
+        assert (job.state, job.exit_code, job.partition) == (state, code, "all.q"), what
+        assert job.node in {"node01", "node02"}
+    # deleted while queued: no record, only "error: job id N not found" on stderr (fact 8)
+    assert ids["deleted_queued"] not in jobs
+    assert sge.is_unknown_job_error(run.stderr, 1)
+
+
+def test_testbed_submission_and_queues() -> None:
+    assert sge.parse_job_id(captured_run("sge_qsub_terse_testbed.txt").stdout) == "14"
+    assert sge.parse_queues(captured_run("sge_qconf_sql_testbed.txt").stdout) == (["all.q"], None)
+
+
+@pytest.mark.parametrize("name", ["sge_qstat_j_unknown_testbed.txt", "sge_qdel_unknown_testbed.txt",
+                                  "sge_qacct_unknown_testbed.txt"])
+def test_testbed_unknown_job(name: str) -> None:
+    run = captured_run(name)
+    text = run.stderr + run.stdout  # qdel says it on stdout (hpcnb's cancel moves it to stderr)
+    assert run.exit_status == 1
+    assert sge.is_unknown_job_error(text, run.exit_status)
+    assert not sge.controller_unavailable(text, run.exit_status)
+
+
+@pytest.mark.parametrize("name", ["sge_status_controller_down_testbed.txt",
+                                  "sge_qdel_controller_down_testbed.txt",
+                                  "sge_qsub_controller_down_testbed.txt"])
+def test_testbed_controller_down(name: str) -> None:
+    run = captured_run(name)
+    assert run.exit_status == 1
+    assert sge.controller_unavailable(run.stderr, run.exit_status)
+    assert not sge.is_unknown_job_error(run.stderr + run.stdout, run.exit_status)
+    assert sge.parse_status(run.stdout) == {}
