@@ -7,7 +7,9 @@ the ratios against the targets first, then every figure. Progress goes to stderr
 tunnel (throughput, cold load, latency per tunnel mode vs OpenSSH and no tunnel), ttn (time to
 notebook, jupyter-forward), sched (scheduler queries and SSH handshakes per command), cli,
 keeper (the kept connection: its tunnel's throughput, time to a first remote result, codes a day's
-work asks for through the TOTP gateway; bench/keeper.py).
+work asks for through the TOTP gateway; bench/keeper.py), backends (the paramiko and openssh SSH
+backends side by side: tunnel throughput vs ssh -L, time to a first remote result warm and cold;
+bench/backends.py).
 See bench/README.md.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import backends
 import cli_speed
 import http_load as hl
 import keeper
@@ -263,7 +266,8 @@ def print_table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 runs, 50 round trips, 1 time-to-notebook")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tunnel", "ttn", "sched", "cli", "keeper"])
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["tunnel", "ttn", "sched", "cli", "keeper", "backends"])
     ap.add_argument("--modes", nargs="*", default=list(tb.MODES))
     ap.add_argument("--ref", default="HEAD", help="git ref of hpcnb to measure [HEAD]")
     args = ap.parse_args()
@@ -295,6 +299,8 @@ def main() -> None:
             ratio("hpcnb --help, ms", helpms, "< 150", helpms < 150)
         if "keeper" not in args.skip:
             keeper.measure(runs, add, ratio)
+        if "backends" not in args.skip:
+            backends.measure(runs, add, ratio)
     finally:
         counter.remove()
         tb.cancel_all()

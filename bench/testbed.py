@@ -169,9 +169,22 @@ def keeper_pids() -> list[int]:
     return pids
 
 
+def master_pids() -> list[int]:
+    """The bench's live OpenSSH ControlMasters (hpcnb.openssh): their sockets are in RUNTIME_DIR."""
+    out = subprocess.run(["pgrep", "-f", f"ControlPath={RUNTIME_DIR}/"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def stop_masters() -> None:
+    """SIGTERM to any ControlMaster of the bench's (`hpcnb logout --all` ends those that answer)."""
+    subprocess.run(["pkill", "-f", f"ControlPath={RUNTIME_DIR}/"], capture_output=True, check=False)
+
+
 def stop_keepers() -> None:
-    """`hpcnb logout --all`, then SIGTERM (and SIGKILL) to any keeper of the bench's still alive."""
+    """`hpcnb logout --all`, then SIGTERM (and SIGKILL) to any keeper of the bench's still alive, and
+    to any ControlMaster of the bench's (the openssh backend)."""
     hpcnb("logout", "--all", timeout=60)
+    stop_masters()
     pids = keeper_pids()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
