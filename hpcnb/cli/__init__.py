@@ -4,6 +4,7 @@
     sessions.py   submit, attach, list, cancel, logs (over the Python API: hpcnb.cluster)
     setup.py      doctor, sites, config init / path, jupyter install
     connections.py  connections, logout: the kept logins (hpcnb.keeper)
+    node.py       ssh, proxy, code: the job's node beyond the notebook (hpcnb.nodeaccess)
     options.py    the shared options and their shell completion; complete.py: completion values
     output.py     stdout vs stderr, -q / -v, colour and ✓/✗, tables and JSON
     status.py     the status line while a command waits
@@ -20,6 +21,7 @@ import sys
 import click
 
 from hpcnb.cli.connections import COMMANDS as CONNECTION_COMMANDS
+from hpcnb.cli.node import COMMANDS as NODE_COMMANDS
 from hpcnb.cli.output import UI, setup_logging
 from hpcnb.cli.sessions import COMMANDS as SESSION_COMMANDS
 from hpcnb.cli.setup import COMMANDS as SETUP_COMMANDS
@@ -43,6 +45,8 @@ def cli(verbose: int, quiet: bool) -> None:
       hpcnb list                               # your sessions: state, node, time left
       hpcnb attach JOBID                       # tunnel again, from any laptop
       hpcnb cancel JOBID                       # end it
+      hpcnb ssh JOBID [-- CMD]                 # a shell (or a command) on the job's node
+      hpcnb code JOBID                         # VS Code (Remote-SSH) on the job's node
       hpcnb logs JOBID                         # the job's output
       hpcnb doctor                             # is this cluster ready? (SSH, scheduler, Jupyter)
       hpcnb connections                        # the kept logins (one MFA code a day)
@@ -58,7 +62,7 @@ def cli(verbose: int, quiet: bool) -> None:
     setup_logging(verbose)
 
 
-for _command in (*SESSION_COMMANDS, *SETUP_COMMANDS, *CONNECTION_COMMANDS):
+for _command in (*SESSION_COMMANDS, *SETUP_COMMANDS, *CONNECTION_COMMANDS, *NODE_COMMANDS):
     cli.add_command(_command)
 
 

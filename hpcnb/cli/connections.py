@@ -61,7 +61,9 @@ def logout(cluster: str | None, everything: bool) -> None:
     from hpcnb.openssh.remote import OpenSSHRemote, end_master, own_masters
 
     cfg = None if everything else load_cluster(cluster)
-    ended = end_keepers(None if cfg is None else [route_key_of(cfg)])
+    # A keeper holds paramiko logins only: an openssh cluster's logout ends its master alone.
+    keepers = cfg is None or cfg.ssh_backend == "paramiko"
+    ended = end_keepers(None if cfg is None else [route_key_of(cfg)]) if keepers else []
     for d in ended:
         say(f"logged out of {d['route']} (kept for {d['cluster']} since {_since(d['since'])})")
     if cfg is None:

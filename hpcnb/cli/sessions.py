@@ -173,6 +173,7 @@ def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_ho
     """Your sessions on the cluster: state, node, time left."""
     with _cluster(cluster, accept_new_host_key) as target:
         records = target.sessions(include_ended=include_ended)
+        _tidy(target)
     rows = [{
         "job_id": r.job_id, "cluster": r.cluster, "name": r.name, "state": r.state,
         "partition": r.partition, "node": r.node,
@@ -191,6 +192,12 @@ def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_ho
                 ["JOB ID", "CLUSTER", "NAME", "STATE", "PARTITION", "NODE", "TIME LEFT"])
 
 
+def _tidy(target: Any) -> None:
+    from hpcnb.cli.node import tidy_code_hosts  # `hpcnb code`'s Host entries of ended jobs
+
+    tidy_code_hosts(target)
+
+
 @click.command()
 @job_id_argument
 @cluster_option
@@ -201,6 +208,7 @@ def cancel(job_id: str, cluster: str | None, accept_new_host_key: bool) -> None:
 
     with _cluster(cluster, accept_new_host_key) as target:
         status = Session(target, job_id).cancel()
+        _tidy(target)
     say(f"job {job_id}: {status.state.value}")
 
 

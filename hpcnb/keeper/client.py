@@ -13,6 +13,7 @@ import getpass
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -157,6 +158,24 @@ class KeptRemote:
             conn.close()
             wire.raise_error(reply)
         return KeptForward(conn, int(reply["port"]))
+
+    def open_stream(self, host: str, port: int) -> socket.socket:
+        """A raw byte stream to host:port as seen from the login host, carried by the keeper."""
+        if self.endpoint.family != "AF_UNIX":
+            raise KeeperError("a stream through the keeper needs a unix socket (not on Windows)",
+                              hint='set persist = "no" for this cluster')
+        conn = self.connect()
+        try:
+            wire.send(conn, {"op": "stream", "key": self.key, "can_prompt": can_prompt(),
+                             "host": host, "port": port})
+            reply = self._replies(conn, LOGIN_ALLOWANCE_S)
+            wire.raise_error(reply)
+            return socket.socket(fileno=os.dup(conn.fileno()))  # the same socket, unframed now
+        except (EOFError, ConnectionError) as exc:
+            raise KeeperError(f"the keeper for {self.cfg.name} went away: {str(exc) or type(exc).__name__}",
+                              hint=f"see {self.endpoint.log}") from exc
+        finally:
+            conn.close()
 
     # --- finding or starting the keeper -------------------------------------------------------
     def connect(self) -> Any:

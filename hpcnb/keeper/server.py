@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,9 @@ from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, KeeperE
 from hpcnb.keeper import wire
 from hpcnb.keeper.endpoint import Endpoint
 from hpcnb.keeper.lines import ClientLine, LineClosed, PromptRelay
+from hpcnb.pump import splice
 from hpcnb.ssh import NotebookRoute, SSHRemote, Target
+from hpcnb.ssh.reconnect import RETRYABLE
 from hpcnb.tunnel import Tunnel
 
 _log = logging.getLogger("hpcnb.keeper")
@@ -143,7 +146,7 @@ class Keeper:
             return
         ops: dict[str, Callable[[ClientLine, dict[str, Any]], None]] = {
             "hello": self._hello, "login": self._login_op, "run": self._run, "read": self._read,
-            "forward": self._forward, "logout": self._logout}
+            "forward": self._forward, "stream": self._stream, "logout": self._logout}
         op = ops.get(str(request.get("op")))
         if op is None:
             line.send(wire.error_message(KeeperError(f"unknown request {request.get('op')!r}")))
@@ -220,6 +223,14 @@ class Keeper:
             route.close()
             with self._state_lock:
                 self._tunnels.pop(tunnel.port, None)
+
+    def _stream(self, line: ClientLine, request: dict[str, Any]) -> None:
+        """A TCP connection from the login host to host:port (a node's sshd, for `hpcnb proxy`):
+        after the answer, the command's line carries raw bytes both ways until either side ends."""
+        chan = self.login(line).open_tcp(str(request.get("host")), int(request.get("port") or 0))
+        line.send({"ok": True})
+        raw = socket.socket(fileno=os.dup(line.conn.fileno()))  # the same socket, unframed
+        splice(raw, chan, RETRYABLE)
 
     def _logout(self, line: ClientLine, _request: dict[str, Any]) -> None:
         line.send({"ok": True})

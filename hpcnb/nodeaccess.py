@@ -1,0 +1,83 @@
+"""A job's node beyond the notebook: a byte stream to its sshd over the cluster's login (what
+`hpcnb proxy` gives `ssh` as a ProxyCommand), and the `ssh` command line for `hpcnb ssh` that
+rides it.
+
+The stream takes the same route and login as the tunnel: through the keeper when there is one
+(hpcnb.keeper; no new login, no prompt), an `ssh -W` on the master with the OpenSSH backend, or a
+direct-tcpip channel of this command's own login. The node's own sshd then authenticates the user
+by key, as `ssh node` on the login host would, and its host key is checked strictly under the
+node's name (the cluster's known_hosts, then the user's).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcnb.errors import JobEnded, UsageError
+from hpcnb.pump import StdioEnd, splice
+
+SSH_PORT = 22
+
+
+def proxy(cluster: Any, host: str, port: int) -> int:
+    """Join this process's stdin/stdout to host:port as seen from the login host, until either
+    side ends; the exit status for the ProxyCommand."""
+    remote = cluster.remote
+    if cluster.openssh:
+        remote.ensure_master()
+        return subprocess.call([remote.ssh, *remote.options, "-W", f"{host}:{port}", "--", remote.host],
+                               env=remote._env())
+    if cluster.kept:
+        splice(StdioEnd(), remote.open_stream(host, port))
+        return 0
+    from hpcnb.ssh.reconnect import RETRYABLE  # paramiko: only on this path
+
+    splice(StdioEnd(), remote.open_tcp(host, port), RETRYABLE)
+    return 0
+
+
+def running_node(cluster: Any, job_id: str) -> str:
+    """The node the job runs on (JobEnded when it has ended, UsageError while queued)."""
+    status = cluster.session(job_id, running=True).status
+    if status is None or not status.node:
+        raise UsageError(f"job {job_id} has no node yet ({status.state.value if status else 'unknown'})",
+                         hint="wait until `hpcnb list` shows it running")
+    if status.state.is_final:
+        raise JobEnded(f"job {job_id} has ended ({status.state.value})")
+    return str(status.node)
+
+
+def _token_safe(word: str) -> str:
+    # ssh expands %-tokens in a ProxyCommand before its shell sees it: a literal % is %%.
+    return shlex.quote(word).replace("%", "%%")
+
+
+def ssh_argv(cluster: Any, node: str, command: Sequence[str], *, tty: bool,
+             accept_new_host_key: bool, hpcnb: Sequence[str] = (sys.executable, "-m", "hpcnb")) -> list[str]:
+    """`ssh` to the job's node through `hpcnb proxy` (every word quoted; host keys strict)."""
+    cfg = cluster.cfg
+    proxy_words = [*hpcnb, "proxy", "--cluster", cluster.name]
+    proxy_command = " ".join([*(_token_safe(w) for w in proxy_words), "%h", "%p"])
+    argv = ["ssh", "-o", f"ProxyCommand={proxy_command}",
+            "-o", f"StrictHostKeyChecking={'accept-new' if accept_new_host_key else 'yes'}"]
+    if cfg.known_hosts:
+        argv += ["-o", f'UserKnownHostsFile="{cfg.known_hosts}" ~/.ssh/known_hosts']
+    config = os.environ.get("HPCNB_SSH_CONFIG")
+    if config and Path(config).expanduser().exists():
+        argv += ["-F", config]
+    remote = cluster.remote
+    if not cfg.user and callable(getattr(remote, "check_login", None)):
+        remote.check_login()  # the login's user (an ssh config alias may name it): the node's too
+    user = cfg.user or getattr(remote, "user", None)
+    if user:
+        argv += ["-l", str(user)]
+    if cfg.identity_file:
+        argv += ["-i", cfg.identity_file]
+    # The command's words as ssh takes them: joined, for the node's shell (as `ssh node CMD`).
+    return [*argv, "-t" if tty else "-T", "--", node, *command]

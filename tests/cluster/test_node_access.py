@@ -1,0 +1,89 @@
+"""`hpcnb ssh`, `hpcnb proxy` and `hpcnb code` on the testbed: the job's node over the same route
+and login as the tunnel, host keys strict, for the paramiko backend (with its keeper) and the
+OpenSSH one."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from hpcnb_driver import Hpcnb
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def hpcnb(testbed, tmp_path) -> Hpcnb:
+    return Hpcnb(tmp_path / "state", config=testbed, home=tmp_path)
+
+
+@pytest.fixture
+def job(hpcnb):
+    jobs: dict[str, str] = {}
+
+    def submit(cluster: str) -> str:
+        jobs[cluster] = hpcnb.submit(cluster, "--hours", "0.25")
+        return jobs[cluster]
+
+    yield submit
+    for cluster, job_id in jobs.items():
+        hpcnb.run("cancel", job_id, "--cluster", cluster)
+
+
+def _node(hpcnb: Hpcnb, cluster: str, job_id: str) -> str:
+    [row] = [r for r in hpcnb.list_json(cluster) if r["job_id"] == job_id]
+    return row["node"]
+
+
+@pytest.mark.parametrize("cluster", ["testbed", "testbed-openssh", "testbed-socket"])
+def test_ssh_runs_a_command_on_the_jobs_node(hpcnb, job, cluster):
+    job_id = job(cluster)
+    proc = hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "hostname")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == _node(hpcnb, cluster, job_id)
+    failing = hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "exit 7")
+    assert failing.returncode == 7, failing.stderr  # the command's exit status, as ssh gives it
+
+
+def test_ssh_to_an_ended_job_is_one_line(hpcnb, job):
+    job_id = job("testbed")
+    assert hpcnb.run("cancel", job_id, "--cluster", "testbed").returncode == 0
+    proc = hpcnb.run("ssh", job_id, "--cluster", "testbed", "--", "hostname")
+    assert proc.returncode == 9, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "has ended" in proc.stderr
+
+
+def test_code_writes_a_host_entry_that_system_ssh_rides(hpcnb, job, tmp_path):
+    job_id = job("testbed")
+    proc = hpcnb.run("code", job_id, "--cluster", "testbed", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    alias = f"hpcnb-testbed-{job_id}"
+    entries = tmp_path / ".ssh" / "hpcnb.conf"
+    assert f"Host {alias}" in entries.read_text()
+    assert (tmp_path / ".ssh" / "config").read_text().startswith("Include hpcnb.conf")
+    assert f"ssh-remote+{alias}" in proc.stdout  # no `code` on PATH here: what to run is printed
+    # The system ssh, through the entry alone, with strict host key checking: the node's name.
+    ssh = subprocess.run(["ssh", "-F", str(entries), "-o", "BatchMode=yes", alias, "hostname"],
+                         capture_output=True, text=True, timeout=60, env=hpcnb.env)
+    assert ssh.returncode == 0, ssh.stderr
+    assert ssh.stdout.strip() == _node(hpcnb, "testbed", job_id)
+    assert "StrictHostKeyChecking yes" in entries.read_text()
+    # The job ends: its entry goes.
+    assert hpcnb.run("cancel", job_id, "--cluster", "testbed").returncode == 0
+    assert alias not in entries.read_text()
+
+
+def test_code_refuses_an_unknown_node_key(hpcnb, job, tmp_path):
+    """The node's key is checked under its name: with an empty known_hosts, ssh refuses."""
+    job_id = job("testbed")
+    assert hpcnb.run("code", job_id, "--cluster", "testbed", "--yes").returncode == 0
+    entries = tmp_path / ".ssh" / "hpcnb.conf"
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    text = entries.read_text()
+    start = text.index("UserKnownHostsFile")
+    end = text.index("\n", start)
+    entries.write_text(text[:start] + f"UserKnownHostsFile {empty}" + text[end:])
+    ssh = subprocess.run(["ssh", "-F", str(entries), "-o", "BatchMode=yes", f"hpcnb-testbed-{job_id}",
+                          "hostname"], capture_output=True, text=True, timeout=60, env=hpcnb.env)
+    assert ssh.returncode == 255 and "Host key verification failed" in ssh.stderr, ssh.stderr
