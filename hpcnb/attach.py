@@ -13,7 +13,7 @@ import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hpcnb.errors import HpcnbError, KeeperError
@@ -33,6 +33,8 @@ class OpenTunnel:
     local_port: int
     hold: Callable[[threading.Event | None], None]
     """Serve until the given event is set (or Ctrl-C), or raise JobEnded when the notebook ends."""
+    extra: dict[int, int] = field(default_factory=dict)
+    """Other ports of the node (a Dask dashboard, TensorBoard): node port -> local port."""
 
 
 class Listening(Protocol):
@@ -77,6 +79,13 @@ def local_far(handshake: Handshake, remote: Remote) -> Far:
         return sock
 
     return Far(_served_here(opener), lambda: remote, lambda: None)
+
+
+def port_handshake(handshake: Handshake, port: int) -> Handshake:
+    """The handshake as if `port` of the node were the notebook's: the same route, another port
+    (the socket mode's node hop then goes to the node's loopback, as node-ssh does)."""
+    mode = "node-ssh" if handshake.tunnel == "socket" else handshake.tunnel
+    return replace(handshake, port=port, tunnel=mode, socket=None)
 
 
 def _target(handshake: Handshake, node: str | None) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class ClusterConfig:
     unverified: tuple[str, ...] = ()  # what the site file could not confirm from the site's docs
     persist: float | None = 12 * 3600.0  # a keeper's idle window in seconds; None: no keeper
     ssh_backend: str = "paramiko"  # or "openssh": the system ssh does every login (hpcnb.openssh)
+    ports: tuple[int, ...] = ()  # the node's other ports forwarded beside the notebook (8787, 6006)
 
     @property
     def machine(self) -> str:
@@ -151,6 +152,8 @@ _KIND: dict[str, Callable[[Any], str | None]] = {
     "table": lambda value: None,  # profiles: checked by hpcnb.profiles
     "resources": profile_tables.check_resources,
     "persist": lambda value: None if isinstance(value, (str, bool)) else 'a duration such as "12h", or "no"',
+    "ports": lambda v: None if isinstance(v, list) and all(
+        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in v) else "a list of ports",
 }
 
 # key -> kind. "name" and "source" are not settable: they come from where the table is.
@@ -164,6 +167,7 @@ _KEYS: dict[str, str] = {
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
     "resources": "resources", "persist": "persist", "ssh_backend": "str",
+    "ports": "ports",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -283,6 +287,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     values["profiles"] = profile_tables.build(values.get("profiles", {}))
     values["resources"] = tuple(sorted(values.get("resources", {}).items()))
     values["persist"] = persist.parse(values.get("persist", persist.DEFAULT), where)
+    values["ports"] = tuple(dict.fromkeys(values.get("ports", ())))
     _one_of(values.setdefault("ssh_backend", "paramiko"), ("paramiko", "openssh"), "ssh_backend", where)
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():

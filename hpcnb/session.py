@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -85,20 +85,24 @@ class Session:
         self._fresh = False
         return self._handshake
 
+    def _far(self, handshake: hs.Handshake) -> attach.Far:
+        cluster = self.cluster
+        if cluster.is_local:
+            return attach.local_far(handshake, cluster.remote)
+        if cluster.kept or cluster.openssh:  # a keeper, or ssh's master, forwards for us
+            return attach.forwarded_far(handshake, cluster.remote, self.node)
+        return attach.ssh_far(handshake, cluster.remote, cluster.connect, self.node,
+                              accept_new_host_key=cluster.accept_new_host_key, notify=cluster.notify)
+
     @contextlib.contextmanager
-    def tunnel(self, port: int | None = None) -> Iterator[attach.OpenTunnel]:
+    def tunnel(self, port: int | None = None, extra_ports: Sequence[tuple[int, int]] = ()
+               ) -> Iterator[attach.OpenTunnel]:
         """A tunnel on 127.0.0.1 (`port`, or a free one) to the notebook, which answers through it
-        before this yields; closed on leaving. Waits for the notebook first if needed."""
+        before this yields; closed on leaving. Waits for the notebook first if needed.
+        extra_ports: (node port, local port or 0) pairs forwarded beside it the same way."""
         cluster = self.cluster
         handshake = self._handshake or self.wait_ready()
-        if cluster.is_local:
-            far = attach.local_far(handshake, cluster.remote)
-        elif cluster.kept or cluster.openssh:  # a keeper, or ssh's master, forwards for us
-            far = attach.forwarded_far(handshake, cluster.remote, self.node)
-        else:
-            far = attach.ssh_far(handshake, cluster.remote, cluster.connect, self.node,
-                                 accept_new_host_key=cluster.accept_new_host_key,
-                                 notify=cluster.notify)
+        far = self._far(handshake)
         watcher = self.watcher()
 
         def watch(stop: threading.Event, remote: Callable[[], object]) -> None:
@@ -107,7 +111,17 @@ class Session:
 
         with attach.tunnel(handshake, far, port=port, notify=cluster.notify, watch=watch) as opened:
             cluster.store.set_local_port(cluster.name, self.job_id, opened.local_port)
-            yield opened
+            opened_extra: list[tuple[attach.Listening, attach.Far]] = []
+            try:
+                for node_port, local_port in extra_ports:
+                    extra_far = self._far(attach.port_handshake(handshake, node_port))
+                    opened_extra.append((extra_far.listen(local_port, cluster.notify), extra_far))
+                    opened.extra[node_port] = opened_extra[-1][0].port
+                yield opened
+            finally:
+                for listening, extra_far in opened_extra:
+                    listening.stop()
+                    extra_far.close()
 
     def cancel(self) -> JobStatus:
         """Cancel the job and wait (briefly) until the scheduler shows it ended; its last status."""

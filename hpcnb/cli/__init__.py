@@ -1,7 +1,7 @@
 """The `hpcnb` command: flags in, tables and JSON out, errors to one line and an exit code.
 
     __init__.py   the group (-v / -q) and main(): every error -> one line on stderr + exit code
-    sessions.py   submit, attach, list, cancel, logs (over the Python API: hpcnb.cluster)
+    sessions.py   submit, attach, forward, list, cancel, logs (over the Python API: hpcnb.cluster)
     setup.py      doctor, sites, config init / path, jupyter install
     connections.py  connections, logout: the kept logins (hpcnb.keeper)
     node.py       ssh, proxy, code: the job's node beyond the notebook (hpcnb.nodeaccess)

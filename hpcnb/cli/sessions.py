@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -65,12 +66,17 @@ def _open_browser(url: str) -> None:
         say(f"not opening a browser ({how}); open the URL above yourself")
 
 
-def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTicker) -> None:
-    """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach)."""
+def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTicker,
+          extra: Sequence[tuple[int, int]] = ()) -> None:
+    """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach).
+    extra: the node's other ports (config `ports`, `hpcnb forward`) beside the notebook's."""
+    ports = [(p, 0) for p in session.cluster.cfg.ports if p not in dict(extra)] + list(extra)
     try:
-        with session.tunnel(port) as tunnel:
+        with session.tunnel(port, extra_ports=ports) as tunnel:
             ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
             click.echo(tunnel.url)
+            for node_port, local_port in tunnel.extra.items():
+                click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
             sys.stdout.flush()
             say("Ctrl-C detaches (the job keeps running)")
             if not no_browser:
@@ -164,6 +170,27 @@ def attach(job_id: str, cluster: str | None, port: int | None, no_browser: bool,
             _hold(session, port, no_browser, ticker)
 
 
+@click.command()
+@job_id_argument
+@click.argument("node_port", type=click.IntRange(1, 65535))
+@cluster_option
+@click.option("--local", "local_port", type=click.IntRange(1, 65535), help="Local port [default: free].")
+@no_browser_option
+@accept_key_option
+def forward(job_id: str, node_port: int, cluster: str | None, local_port: int | None, no_browser: bool,
+            accept_new_host_key: bool) -> None:
+    """Another port of the job's node on 127.0.0.1 (a Dask dashboard, TensorBoard), beside the
+    notebook's tunnel, until Ctrl-C. `ports = [8787, 6006]` in the config does it on every attach."""
+    from hpcnb.cli.status import StatusTicker
+
+    sigterm_is_interrupt()
+    ticker = StatusTicker()
+    with _cluster(cluster, accept_new_host_key, notify=ticker.note) as target:
+        session = target.session(job_id, running=True)
+        if _wait(session, ticker):
+            _hold(session, None, True, ticker, extra=[(node_port, local_port or 0)])
+
+
 @click.command(name="list")
 @cluster_option
 @json_option
@@ -231,4 +258,4 @@ def logs(job_id: str, cluster: str | None, follow: bool, accept_new_host_key: bo
             pass
 
 
-COMMANDS = (submit, attach, list_, cancel, logs)
+COMMANDS = (submit, attach, forward, list_, cancel, logs)

@@ -87,3 +87,30 @@ def test_code_refuses_an_unknown_node_key(hpcnb, job, tmp_path):
     ssh = subprocess.run(["ssh", "-F", str(entries), "-o", "BatchMode=yes", f"hpcnb-testbed-{job_id}",
                           "hostname"], capture_output=True, text=True, timeout=60, env=hpcnb.env)
     assert ssh.returncode == 255 and "Host key verification failed" in ssh.stderr, ssh.stderr
+
+
+@pytest.mark.parametrize(("cluster", "bind"), [("testbed", "0.0.0.0"), ("testbed-socket", "127.0.0.1"),
+                                               ("testbed-openssh-node-ssh", "127.0.0.1")])
+def test_forward_brings_another_port_of_the_node(hpcnb, job, cluster, bind):
+    """A web app beside the notebook (here python's http.server standing in for a Dask dashboard):
+    `hpcnb forward JOBID 8787` serves it on 127.0.0.1 the way the notebook's tunnel goes."""
+    import re
+    import urllib.request
+
+    from hpcnb_driver import Background
+
+    job_id = job(cluster)
+    started = hpcnb.run("ssh", job_id, "--cluster", cluster, "--",
+                        f"cd /tmp && (nohup python3 -m http.server 8787 --bind {bind} "
+                        ">/dev/null 2>&1 &) ; sleep 1")
+    assert started.returncode == 0, started.stderr
+    forward = Background(hpcnb, "forward", job_id, "8787", "--cluster", cluster)
+    try:
+        line = forward.wait_for(r"^http://127\.0\.0\.1:(\d+)/  \(port 8787 on node0\d\)", 90)
+        port = int(line.group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"Directory listing" in response.read()
+        assert re.search(r"lab\?token=", "".join(forward.out))  # the notebook's URL beside it
+    finally:
+        forward.stop()
+        hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "pkill -f 'http.server 8787'")
