@@ -43,11 +43,12 @@ class Cluster:
 
     def __init__(self, name: str | None = None, *, config: ClusterConfig | None = None,
                  accept_new_host_key: bool = False, notify: Notify | None = None,
-                 state_dir: str | Path | None = None) -> None:
+                 state_dir: str | Path | None = None, alert: Notify | None = None) -> None:
         self.cfg = config if config is not None else load_cluster(name)
         self.scheduler = get_scheduler(self.cfg.scheduler)
         self.accept_new_host_key = accept_new_host_key
         self.notify: Notify = notify or _ignore  # warnings while waiting or attached, one line each
+        self.alert: Notify = alert or _ignore  # the few that also deserve the desktop (walltime)
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._remote: Remote | None = None
         self._store: Store | None = None

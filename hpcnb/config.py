@@ -100,6 +100,7 @@ class ClusterConfig:
     persist: float | None = 12 * 3600.0  # a keeper's idle window in seconds; None: no keeper
     ssh_backend: str = "paramiko"  # or "openssh": the system ssh does every login (hpcnb.openssh)
     ports: tuple[int, ...] = ()  # the node's other ports forwarded beside the notebook (8787, 6006)
+    notify: bool = True  # desktop notifications: a queued notebook ready, the walltime warning
 
     @property
     def machine(self) -> str:
@@ -167,7 +168,7 @@ _KEYS: dict[str, str] = {
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
     "resources": "resources", "persist": "persist", "ssh_backend": "str",
-    "ports": "ports",
+    "ports": "ports", "notify": "bool",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")

@@ -49,7 +49,10 @@ class Session:
 
     @property
     def node(self) -> str | None:
-        return self.status.node if self.status else None
+        """The node the scheduler names, else the one the notebook's handshake named."""
+        if self.status and self.status.node:
+            return self.status.node
+        return self._handshake.node if self._handshake else None
 
     def _keep(self, status: JobStatus) -> None:
         if status.node is None and self.status is not None:
@@ -64,7 +67,7 @@ class Session:
         cluster = self.cluster
         return JobWatcher(self.files, cluster.batch, lambda: cluster.remote,
                           start_timeout=cluster.cfg.start_timeout, record=self._record,
-                          notify=cluster.notify)
+                          notify=cluster.notify, alert=cluster.alert)
 
     def refresh(self) -> JobStatus:
         """Ask the scheduler now (recorded)."""

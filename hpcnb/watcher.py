@@ -101,11 +101,12 @@ class JobWatcher:
     def __init__(self, files: hs.JobFiles, batch: BatchSystem, remote: Callable[[], Remote], *,
                  start_timeout: int, record: Callable[[JobStatus], None] = _ignore,
                  notify: Callable[[str], None] = _ignore, policy: PollPolicy | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, alert: Callable[[str], None] = _ignore) -> None:
         self.files, self.job_id = files, files.job_id
         self.batch, self._remote = batch, remote
         self.start_timeout = start_timeout
         self.record, self.notify = record, notify
+        self.alert = alert  # what deserves the desktop too (the walltime warning)
         self.policy = policy or PollPolicy()
         self.clock = clock or Clock()
 
@@ -224,8 +225,10 @@ class JobWatcher:
             left = walltime_end - clock.time() if walltime_end else None
             if left is not None and not warned and left <= warn_before:
                 warned = True
-                self.notify(f"job {self.job_id} reaches its time limit in {max(0, int(left // 60))} "
-                            "min; save your work")
+                warning = (f"job {self.job_id} reaches its time limit in {max(0, int(left // 60))} "
+                           "min; save your work")
+                self.notify(warning)
+                self.alert(warning)
 
     # ---- logs -f and cancel --------------------------------------------------------------------
 

@@ -44,3 +44,7 @@ no_browser_option = click.option("--no-browser", is_flag=True,
                                  help="Print the URL; do not open a browser.")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print JSON (for scripts) instead of text.")
+notify_option = click.option(
+    "--notify/--no-notify", "desktop", default=None,
+    help="Desktop notifications when a queued notebook is ready and at the walltime warning "
+         "[default: the cluster's `notify`, else on].")

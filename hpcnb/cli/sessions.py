@@ -20,6 +20,7 @@ from hpcnb.cli.options import (
     job_id_argument,
     json_option,
     no_browser_option,
+    notify_option,
     port_option,
 )
 from hpcnb.cli.output import duration, print_json, print_table, say
@@ -46,10 +47,40 @@ def sigterm_is_interrupt() -> None:
             signal.signal(sig, handler)
 
 
-def _cluster(name: str | None, accept_new_host_key: bool = False, notify: Any = None) -> Cluster:
+def _cluster(name: str | None, accept_new_host_key: bool = False, notify: Any = None,
+             desk: Desktop | None = None) -> Cluster:
     from hpcnb.cluster import Cluster
 
-    return Cluster(name, accept_new_host_key=accept_new_host_key, notify=notify or say)
+    target = Cluster(name, accept_new_host_key=accept_new_host_key, notify=notify or say,
+                     alert=desk.alert if desk else None)
+    if desk is not None:
+        desk.configured = target.cfg.notify
+    return target
+
+
+class Desktop:
+    """One command's desktop notifications (hpcnb.desktop): --notify/--no-notify, else the
+    cluster's `notify`. Never the token: a notification centre keeps a history."""
+
+    def __init__(self, flag: bool | None) -> None:
+        self.flag, self.configured, self.queued = flag, True, False
+
+    @property
+    def on(self) -> bool:
+        return self.configured if self.flag is None else self.flag
+
+    def alert(self, message: str) -> None:
+        if self.on:
+            from hpcnb import desktop
+
+            desktop.notify("hpcnb", message)
+
+    def ready(self, session: Session, local_port: int | None) -> None:
+        """The notebook of a job that had to queue is up (not worth a notification otherwise)."""
+        if self.queued:
+            where = (f"its notebook is on 127.0.0.1:{local_port}" if local_port else
+                     f"hpcnb attach {session.job_id} --cluster {session.cluster.name}")
+            self.alert(f"job {session.job_id} started on {session.node}: {where}")
 
 
 def _detach_note(cluster: str, job_id: str) -> None:
@@ -67,7 +98,7 @@ def _open_browser(url: str) -> None:
 
 
 def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTicker,
-          extra: Sequence[tuple[int, int]] = ()) -> None:
+          extra: Sequence[tuple[int, int]] = (), desk: Desktop | None = None) -> None:
     """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach).
     extra: the node's other ports (config `ports`, `hpcnb forward`) beside the notebook's."""
     ports = [(p, 0) for p in session.cluster.cfg.ports if p not in dict(extra)] + list(extra)
@@ -78,6 +109,8 @@ def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTi
             for node_port, local_port in tunnel.extra.items():
                 click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
             sys.stdout.flush()
+            if desk is not None:
+                desk.ready(session, tunnel.local_port)
             say("Ctrl-C detaches (the job keeps running)")
             if not no_browser:
                 _open_browser(tunnel.url)
@@ -86,11 +119,17 @@ def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTi
         _detach_note(session.cluster.name, session.job_id)
 
 
-def _wait(session: Session, ticker: StatusTicker) -> bool:
+def _wait(session: Session, ticker: StatusTicker, desk: Desktop | None = None) -> bool:
     """Wait for the notebook with the status line; False when Ctrl-C detached."""
+
+    def on_event(event: Any) -> None:
+        if desk is not None and event.phase == "queued":
+            desk.queued = True
+        ticker(event)
+
     try:
         with ticker:
-            session.wait_ready(on_event=ticker)
+            session.wait_ready(on_event=on_event)
     except KeyboardInterrupt:
         _detach_note(session.cluster.name, session.job_id)
         return False
@@ -112,16 +151,17 @@ def _wait(session: Session, ticker: StatusTicker) -> bool:
 @no_browser_option
 @click.option("--no-attach", is_flag=True, help="Return once the notebook is ready.")
 @click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
+@notify_option
 @accept_key_option
 def submit(cluster: str | None, partition: str | None, hours: str | None, time_: str | None,
            account: str | None, cpus: str | None, mem: str | None, gpus: str | None,
            name: str | None, notebook_dir: str | None, port: int | None, no_browser: bool,
-           no_attach: bool, dry_run: bool, accept_new_host_key: bool) -> None:
+           no_attach: bool, dry_run: bool, desktop: bool | None, accept_new_host_key: bool) -> None:
     """Submit a notebook job, wait for it, tunnel to it and open the browser."""
     from hpcnb.cli.status import StatusTicker
 
-    ticker = StatusTicker()
-    target = _cluster(cluster, accept_new_host_key, notify=ticker.note)
+    ticker, desk = StatusTicker(), Desktop(desktop)
+    target = _cluster(cluster, accept_new_host_key, notify=ticker.note, desk=desk)
     request = target.request(partition=partition, hours=hours, time=time_, account=account,
                              cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir)
     if dry_run:
@@ -132,14 +172,15 @@ def submit(cluster: str | None, partition: str | None, hours: str | None, time_:
     with target:
         session = target.submit(request)
         say(f"submitted job {session.job_id} to {target.name}")
-        if not _wait(session, ticker):
+        if not _wait(session, ticker, desk):
             return
         if no_attach:
             ticker.done("ready")
             click.echo(session.job_id)
             say(f"attach: hpcnb attach {session.job_id} --cluster {target.name}")
+            desk.ready(session, None)
             return
-        _hold(session, port, no_browser, ticker)
+        _hold(session, port, no_browser, ticker, desk=desk)
 
 
 def _say_profile(target: Cluster, name: str | None) -> None:
@@ -156,18 +197,19 @@ def _say_profile(target: Cluster, name: str | None) -> None:
 @cluster_option
 @port_option
 @no_browser_option
+@notify_option
 @accept_key_option
-def attach(job_id: str, cluster: str | None, port: int | None, no_browser: bool,
+def attach(job_id: str, cluster: str | None, port: int | None, no_browser: bool, desktop: bool | None,
            accept_new_host_key: bool) -> None:
     """Tunnel to a running session again (from any laptop)."""
     from hpcnb.cli.status import StatusTicker
 
     sigterm_is_interrupt()
-    ticker = StatusTicker()
-    with _cluster(cluster, accept_new_host_key, notify=ticker.note) as target:
+    ticker, desk = StatusTicker(), Desktop(desktop)
+    with _cluster(cluster, accept_new_host_key, notify=ticker.note, desk=desk) as target:
         session = target.session(job_id, running=True)
-        if _wait(session, ticker):
-            _hold(session, port, no_browser, ticker)
+        if _wait(session, ticker, desk):
+            _hold(session, port, no_browser, ticker, desk=desk)
 
 
 @click.command()

@@ -6,7 +6,6 @@
     client.py    KeptRemote (the Remote protocol through a keeper) and starting a keeper
     server.py    the keeper: the login connection, requests, tunnels it forwards, idle exit
     lines.py     one command's connection on the keeper's side; who answers a login prompt
-    notify.py    a desktop notification when the keeper needs a login again
     persist.py   the `persist` setting
 
 Only server.py (and __main__, the keeper process) import hpcnb.ssh (paramiko): a command that

@@ -13,8 +13,9 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+from hpcnb import desktop as notify
 from hpcnb.errors import AuthenticationFailed
-from hpcnb.keeper import notify, wire
+from hpcnb.keeper import wire
 from hpcnb.prompts import Prompt, PromptHandler, askpass_or_terminal
 
 ANSWER_TIMEOUT_S = 300.0  # a user fetching their phone

@@ -34,7 +34,8 @@ from hpcnb.errors import (
     KeeperError,
     SchedulerUnavailable,
 )
-from hpcnb.keeper import client, notify, persist, server, wire
+from hpcnb import desktop as notify
+from hpcnb.keeper import client, persist, server, wire
 from hpcnb.keeper import endpoint as ep
 from hpcnb.prompts import Prompt
 from hpcnb.remote import CommandResult, LocalRemote

@@ -1,20 +1,26 @@
-"""A desktop notification when a keeper needs the user (a login to make again): best effort only.
+"""Desktop notifications: a queued notebook is ready, the walltime is near, a keeper needs a login
+again. Best effort only.
 
 Linux: notify-send (libnotify, over D-Bus); macOS: osascript's `display notification`; Windows: a
-toast through PowerShell's WinRT bindings. A missing tool, no desktop session, or a failure is
-ignored: a notification never fails the command or the keeper.
+toast through PowerShell's WinRT bindings. $HPCNB_NOTIFY_COMMAND, when set, is run instead (its
+words, then the title and the body as two more arguments): for tests, or a phone push script. A
+missing tool, no desktop session, or a failure is ignored: a notification never fails or slows the
+command (it runs in a thread of its own) or the keeper.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 
-_log = logging.getLogger("hpcnb.keeper")
+_log = logging.getLogger("hpcnb.desktop")
+COMMAND_ENV = "HPCNB_NOTIFY_COMMAND"
 
 # PowerShell: the WinRT toast API, no module to install (ToastNotificationManager, Windows 10+).
 _TOAST = (
@@ -33,6 +39,9 @@ _TOAST = (
 def command(title: str, body: str, platform: str = sys.platform) -> tuple[list[str], dict[str, str]] | None:
     """The argv (and extra environment) that shows a notification here, or None.
     Text goes in as data (argv words, environment), never into a script's source."""
+    override = os.environ.get(COMMAND_ENV)
+    if override:
+        return [*shlex.split(override), title, body], {}
     if platform == "darwin":
         if not shutil.which("osascript"):
             return None
@@ -58,8 +67,6 @@ def notify(title: str, body: str) -> None:
 
 
 def _run(argv: Sequence[str], extra: dict[str, str]) -> None:
-    import os
-
     try:
         subprocess.run(list(argv), env={**os.environ, **extra}, timeout=10, check=False,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
