@@ -232,6 +232,21 @@ class Background:
                 self.proc.kill()
 
 
+def walltime_warning_then_end(hpcnb: Hpcnb, cluster: str) -> str:
+    """`submit --time 00:01:00`, attached: the URL, the walltime warning, then the end (exit 9,
+    "has ended") when the scheduler kills the job at its limit. The job id."""
+    submit = Background(hpcnb, "submit", "--cluster", cluster, "--no-browser", "--time", "00:01:00")
+    try:
+        job_id = submit.wait_for(r"submitted job (\S+)", 60).group(1)
+        submit.wait_for(r"^http://127\.0\.0\.1:\d+/lab\?token=", 90)
+        submit.wait_for(r"reaches its time limit", 30)
+        assert submit.finish(180) == 9, submit.stderr()
+        assert f"job {job_id} has ended" in submit.stderr()
+    finally:
+        submit.stop()
+    return job_id
+
+
 def keepers_folder() -> Path:
     """Where this test run's keepers listen (tests/conftest.py sets it for every hpcnb it starts)."""
     return Path(os.environ["HPCNB_RUNTIME_DIR"])

@@ -7,7 +7,14 @@ import time
 
 import pytest
 from fixtures import CLUSTER_CMD, ssh, sshd_pids_serving
-from hpcnb_driver import Background, Hpcnb, derived_config, keeper_pids, keepers_folder
+from hpcnb_driver import (
+    Background,
+    Hpcnb,
+    derived_config,
+    keeper_pids,
+    keepers_folder,
+    walltime_warning_then_end,
+)
 from testbed.proc import read_pid, stop_pid
 
 pytestmark = pytest.mark.cluster
@@ -112,15 +119,7 @@ def test_cancelled_outside_hpcnb_attach_says_so(hpcnb):
 
 
 def test_walltime_warning_then_timeout_ends_attached_submit(hpcnb):
-    submit = Background(hpcnb, "submit", "--cluster", "testbed", "--no-browser", "--time", "00:01:00")
-    try:
-        job_id = submit.wait_for(r"submitted job (\d+)", 60).group(1)
-        submit.wait_for(r"^http://127\.0\.0\.1:\d+/lab\?token=", 90)
-        submit.wait_for(r"reaches its time limit", 30)
-        assert submit.finish(180) == 9, submit.stderr()
-        assert f"job {job_id} has ended" in submit.stderr()
-    finally:
-        submit.stop()
+    job_id = walltime_warning_then_end(hpcnb, "testbed")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         [row] = [r for r in hpcnb.list_json("testbed", "--all") if r["job_id"] == job_id]

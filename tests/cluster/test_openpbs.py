@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 from fixtures import ssh
-from hpcnb_driver import Background, Hpcnb, derived_config
+from hpcnb_driver import Hpcnb, derived_config, walltime_warning_then_end
 from testbed import topology
 
 from hpcnb.schedulers import JobState, get_scheduler
@@ -110,15 +110,7 @@ def test_list_shows_node_and_time_left_then_cancel_is_cancelled(hpcnb):
 def test_walltime_warning_then_timeout_ends_attached_submit(hpcnb):
     """PBS kills the job at its walltime (Exit_status -29, JOB_EXEC_KILL_WALLTIME in job.h); the
     attached submit warns before it, then ends, and list says timeout."""
-    submit = Background(hpcnb, "submit", "--cluster", CLUSTER, "--no-browser", "--time", "00:01:00")
-    try:
-        job_id = submit.wait_for(r"submitted job (\S+)", 60).group(1)
-        submit.wait_for(r"^http://127\.0\.0\.1:\d+/lab\?token=", 90)
-        submit.wait_for(r"reaches its time limit", 30)
-        assert submit.finish(180) == 9, submit.stderr()
-        assert f"job {job_id} has ended" in submit.stderr()
-    finally:
-        submit.stop()
+    job_id = walltime_warning_then_end(hpcnb, CLUSTER)
     attrs = _qstat_x(job_id, "F")
     assert attrs["Exit_status"] == "-29"
     assert _row(hpcnb, job_id, "--all")["state"] == "timeout"

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from hpcnb import desktop as notify
 from hpcnb.config import load_cluster
 from hpcnb.errors import (
     AuthenticationFailed,
@@ -34,7 +35,6 @@ from hpcnb.errors import (
     KeeperError,
     SchedulerUnavailable,
 )
-from hpcnb import desktop as notify
 from hpcnb.keeper import client, persist, server, wire
 from hpcnb.keeper import endpoint as ep
 from hpcnb.prompts import Prompt
