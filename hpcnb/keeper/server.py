@@ -74,14 +74,16 @@ class Keeper:
         self._last_used = time.monotonic()
         self._tunnels: dict[int, dict[str, Any]] = {}
         self._stop = threading.Event()
+        self._ending = ""  # set when the keeper must end after the current requests are answered
         self.exit_reason = ""
 
     # --- the login connection --------------------------------------------------------------
     def login(self, asker: ClientLine | None) -> SSHRemote:
         """The live login connection; made (again) when there is none."""
         with self._login_lock:
-            if self._stop.is_set():
-                raise KeeperError(f"the keeper for {self.spec.cluster} is ending ({self.exit_reason})")
+            if self._stop.is_set() or self._ending:
+                raise KeeperError(f"the keeper for {self.spec.cluster} is ending "
+                                  f"({self.exit_reason or self._ending})")
             remote = self._remote
             if remote is not None and remote.is_alive():
                 return remote
@@ -94,7 +96,9 @@ class Keeper:
             try:
                 self._remote = self._connect(asker, again=again)
             except HpcnbError as exc:
-                self.stop(f"cannot log in: {exc}")
+                # Ends once this request has had its answer (serve_connection): stopping now would
+                # end the process before the command hears why (a host key, a refused code).
+                self._ending = f"cannot log in: {exc}"
                 raise
             self.logins += 1
             _log.info("logged in (%d) over %s", self.logins, self._remote.route)
@@ -138,6 +142,8 @@ class Keeper:
                 self._last_used = time.monotonic()
             with contextlib.suppress(OSError):
                 conn.close()
+            if self._ending:
+                self.stop(self._ending)
 
     def _dispatch(self, line: ClientLine, request: dict[str, Any]) -> None:
         if request.get("key") != self.spec.key:
