@@ -253,16 +253,25 @@ class JobWatcher:
             clock.sleep(p.follow_files)
 
     def wait_final(self, last: JobStatus) -> JobStatus:
-        """After a cancel: the job's status once the scheduler shows it ended, or the last one seen
-        when that takes longer than the policy's cancel_wait."""
+        """After our own cancel: the job's status once the scheduler shows it ended, or the last one
+        seen when that takes longer than the policy's cancel_wait. A job that neither the queue nor
+        the history knows any more, twice in a row, was removed by that cancel: Grid Engine keeps
+        no record of a job deleted before it ran (qacct never has it), so it is CANCELLED."""
         p, clock = self.policy, self.clock
         deadline = clock.monotonic() + p.cancel_wait
         delay, largest = p.cancel_backoff
-        status = last
+        status, unknown = last, 0
         while clock.monotonic() < deadline:
             clock.sleep(delay)
             delay = min(delay * 2, largest)
-            status = self.status() or status
+            found = self.status()
+            unknown = 0 if found is not None else unknown + 1
+            if unknown == 2 and not status.state.is_final:
+                status = replace(status, state=JobState.CANCELLED, raw_state="gone after cancel",
+                                 node=None, time_left_s=None)
+                self.record(status)
+                break
+            status = found or status
             if status.state.is_final:
                 break
         return status

@@ -223,11 +223,6 @@ def test_what_no_queue_can_run_is_refused_at_submission(hpcnb, request_args):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Grid Engine keeps no record of a job deleted before it ran (fact 8: qstat forgets it, qacct "
-    "never has it); after its qdel, hpcnb's cancel waits cancel_wait for a final state and keeps the "
-    "last one seen (hpcnb/watcher.py wait_final, pinned by tests/unit/test_watcher.py): it says "
-    "'pending', and list keeps that"))
 def test_cancel_while_queued_says_cancelled(hpcnb):
     blocker = sge_ssh("qsub -terse -N blocker -l h_rt=00:05:00,gpu=2 -o /dev/null -j y",
                       input="#!/bin/bash\nsleep 300\n").stdout.strip()

@@ -472,12 +472,14 @@ def test_wait_final_stops_at_the_final_state(fake: FakeRemote) -> None:
     assert w.records[-1] == status
 
 
-def test_wait_final_keeps_the_last_status_when_the_job_vanishes(fake: FakeRemote) -> None:
+def test_a_job_that_vanishes_after_the_cancel_was_cancelled(fake: FakeRemote) -> None:
+    """Grid Engine forgets a job deleted before it ran: twice unknown after our cancel = cancelled."""
     w = watch(fake)  # neither squeue nor sacct knows the job
     status = w.watcher.wait_final(running_status())
 
-    assert status == running_status() and w.clock.now == 15.5
-    assert fake.times("sacct") == fake.times("squeue") == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5]
+    assert status.state is JobState.CANCELLED and status.raw_state == "gone after cancel"
+    assert w.clock.now == 1.5 and w.records[-1] == status
+    assert fake.times("sacct") == fake.times("squeue") == [0.5, 1.5]
 
 
 def test_a_job_that_could_not_make_its_session_folder_says_why(fake: FakeRemote) -> None:
