@@ -113,13 +113,13 @@ class Session:
                                    warn_before=cluster.cfg.walltime_warning)
 
         with attach.tunnel(handshake, far, port=port, notify=cluster.notify, watch=watch) as opened:
-            cluster.store.set_local_port(cluster.name, self.job_id, opened.local_port)
             opened_extra: list[tuple[attach.Listening, attach.Far]] = []
             try:
                 for node_port, local_port in extra_ports:
                     extra_far = self._far(attach.port_handshake(handshake, node_port))
                     opened_extra.append((extra_far.listen(local_port, cluster.notify), extra_far))
                     opened.extra[node_port] = opened_extra[-1][0].port
+                cluster.store.set_local_port(cluster.name, self.job_id, opened.local_port, opened.extra)
                 yield opened
             finally:
                 for listening, extra_far in opened_extra:

@@ -8,6 +8,7 @@ version is PRAGMA user_version; MIGRATIONS[i] upgrades i -> i+1. The Jupyter tok
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, fields, replace
@@ -41,9 +42,19 @@ class SessionRecord:
     updated_at: float
     local_port: int | None = None
     ended_at: float | None = None
+    ports: str | None = None  # the node's other forwarded ports, JSON {"8787": 41234} (hpcnb forward)
+
+    def forwarded(self) -> dict[int, int]:
+        """The node's other ports -> their local ports, as last attached."""
+        try:
+            return {int(k): int(v) for k, v in json.loads(self.ports or "{}").items()}
+        except (ValueError, TypeError, AttributeError):
+            return {}
 
 
 _COLUMNS = tuple(f.name for f in fields(SessionRecord))
+# The columns of schema version 2, as migration 1 -> 2 copies them (later versions add columns).
+_V2_COLUMNS = ", ".join(_COLUMNS[:13])
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
 _KEY = " WHERE cluster = ? AND job_id = ?"
 
@@ -65,11 +76,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1 -> 2: without it. A new table, not DROP COLUMN (SQLite >= 3.35 only; Debian 11 has 3.34).
     (
         "CREATE TABLE sessions_v2 " + _TABLE.format(v1=""),
-        f"INSERT INTO sessions_v2 ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} FROM sessions",
+        f"INSERT INTO sessions_v2 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM sessions",
         "DROP TABLE sessions",
         "ALTER TABLE sessions_v2 RENAME TO sessions",
         *_INDEXES,
     ),
+    # 2 -> 3: the node's other forwarded ports (hpcnb forward, `ports`), for list --json.
+    ("ALTER TABLE sessions ADD COLUMN ports TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -193,10 +206,12 @@ class Store:
         params = (state, node, time_left_s, live, ended_at, now, cluster, job_id)
         return self._write(sql, params) > 0
 
-    def set_local_port(self, cluster: str, job_id: str, local_port: int | None) -> bool:
-        """Remember where the tunnel listens; False if no such session."""
-        sql = "UPDATE sessions SET local_port = ?, updated_at = ?" + _KEY
-        return self._write(sql, (local_port, time.time(), cluster, job_id)) > 0
+    def set_local_port(self, cluster: str, job_id: str, local_port: int | None,
+                       ports: dict[int, int] | None = None) -> bool:
+        """Remember where the tunnel listens (and the node's other ports); False if no such session."""
+        sql = "UPDATE sessions SET local_port = ?, ports = ?, updated_at = ?" + _KEY
+        text = json.dumps({str(k): v for k, v in ports.items()}) if ports else None
+        return self._write(sql, (local_port, text, time.time(), cluster, job_id)) > 0
 
     def list(
         self, cluster: str | None = None, *, include_ended: bool = True, limit: int | None = None

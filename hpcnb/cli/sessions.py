@@ -248,6 +248,8 @@ def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_ho
         "partition": r.partition, "node": r.node,
         "time_left": r.time_left_s if r.ended_at is None else None,
         "submitted_at": r.submitted_at, "tunnel": r.tunnel,
+        # Where the last attach listened: the notebook, and the node's other ports (`ports`).
+        "local_port": r.local_port, "ports": {str(k): v for k, v in r.forwarded().items()},
     } for r in records]
     if as_json:
         print_json(rows)

@@ -111,6 +111,8 @@ def test_forward_brings_another_port_of_the_node(hpcnb, job, cluster, bind):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             assert response.status == 200 and b"Directory listing" in response.read()
         assert re.search(r"lab\?token=", "".join(forward.out))  # the notebook's URL beside it
+        [row] = [r for r in hpcnb.list_json(cluster) if r["job_id"] == job_id]
+        assert row["ports"] == {"8787": port} and row["local_port"]
     finally:
         forward.stop()
         hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "pkill -f 'http.server 8787'")

@@ -187,9 +187,31 @@ def test_list_10000_rows_newest_first(tmp_path: Path) -> None:
     with Store(tmp_path / "sessions.db") as s:
         s._db.execute("BEGIN")  # one bulk transaction, for the setup only
         s._db.executemany(
-            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [tuple(vars(rec(str(i), submitted_at=float(i))).values()) for i in range(10_000)],
         )
         s._db.execute("COMMIT")
         assert len(s.list()) == 10_000
         assert s.list(limit=1)[0].job_id == "9999"
+
+
+def test_a_version_2_store_gains_the_forwarded_ports(tmp_path: Path) -> None:
+    """Today's store before `ports` (schema 2): migrated in place, rows kept, ports then stored."""
+    from hpcnb.store import MIGRATIONS
+
+    path = tmp_path / "sessions.db"
+    with sqlite3.connect(path) as db:
+        for steps in MIGRATIONS[:2]:
+            for sql in steps:
+                db.execute(sql)
+        db.execute("PRAGMA user_version = 2")
+        db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   ("testbed", "7", "nb", "slurm", "debug", "direct", 1.0, "running", "node01",
+                    60, 2.0, 8888, None))
+    with Store(path) as s:
+        old = s.get("testbed", "7")
+        assert old is not None and old.node == "node01" and old.forwarded() == {}
+        assert s.set_local_port("testbed", "7", 8888, {8787: 41234})
+        assert s.get("testbed", "7").forwarded() == {8787: 41234}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
