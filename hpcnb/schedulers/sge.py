@@ -2,7 +2,7 @@
 qdel (pure).
 
 Formats are those the real daemons print: the testbed's qmaster and execds
-(tests/testbed/capture_sge.py -> tests/unit/captured/sge_*_testbed.txt; tests/cluster/test_sge.py
+(tests/testbed/capture_sge.py -> tests/unit/captured/sge_*_testbed.txt; tests/cluster/test_gridengine.py
 runs hpcnb end to end on them) and a single-host run (../shared/gridengine/captures/ ->
 sge_*_recipe.txt). Man pages cited: qsub(1), qstat(1), qacct(1), accounting(5), sge_types(1),
 complex(5), sge_pe(5) of SGE 8.1.9.

@@ -110,3 +110,13 @@ def test_paramiko_only_in_the_ssh_package() -> None:
                    and any("paramiko" in t for n in _imports(ast.parse(path.read_text()))
                            for t in _targets(n, name)))
     assert users == []
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test modules by their base name (no __init__.py here): two test_x.py in
+    different folders stop the whole collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
