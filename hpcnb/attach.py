@@ -114,8 +114,8 @@ def forwarded_far(handshake: Handshake, remote: Any, node: str | None) -> Far:
     attach ends too (KeeperError): the port is gone with it."""
     served: list[Any] = []
 
-    def listen(port: int, _notify: Notify) -> Listening:
-        served.append(remote.forward(_target(handshake, node), port))
+    def listen(port: int, notify: Notify) -> Listening:
+        served.append(remote.forward(_target(handshake, node), port, notify))
         return served[-1]
 
     def files_remote() -> Remote:

@@ -41,7 +41,10 @@ def command(title: str, body: str, platform: str = sys.platform) -> tuple[list[s
     Text goes in as data (argv words, environment), never into a script's source."""
     override = os.environ.get(COMMAND_ENV)
     if override:
-        return [*shlex.split(override), title, body], {}
+        try:
+            return [*shlex.split(override), title, body], {}
+        except ValueError:  # unbalanced quotes: no notification, as with a missing tool
+            return None
     if platform == "darwin":
         if not shutil.which("osascript"):
             return None

@@ -12,7 +12,9 @@ node's name (the cluster's known_hosts, then the user's).
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from hpcnb.errors import JobEnded, UsageError
 from hpcnb.pump import StdioEnd, splice
 
 SSH_PORT = 22
+NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 
 
 def proxy(cluster: Any, host: str, port: int) -> int:
@@ -50,7 +53,10 @@ def running_node(cluster: Any, job_id: str) -> str:
                          hint="wait until `hpcnb list` shows it running")
     if status.state.is_final:
         raise JobEnded(f"job {job_id} has ended ({status.state.value})")
-    return str(status.node)
+    node = str(status.node)
+    if not NODE_RE.match(node):  # it reaches ssh's %h and an ssh config's HostName
+        raise UsageError(f"the scheduler names node {node!r}, which is not a host name")
+    return node
 
 
 def _token_safe(word: str) -> str:
@@ -62,6 +68,8 @@ def ssh_argv(cluster: Any, node: str, command: Sequence[str], *, tty: bool,
              accept_new_host_key: bool, hpcnb: Sequence[str] = (sys.executable, "-m", "hpcnb")) -> list[str]:
     """`ssh` to the job's node through `hpcnb proxy` (every word quoted; host keys strict)."""
     cfg = cluster.cfg
+    if shutil.which("ssh") is None:
+        raise UsageError("`hpcnb ssh` and `hpcnb code` need OpenSSH's `ssh` on PATH")
     proxy_words = [*hpcnb, "proxy", "--cluster", cluster.name]
     proxy_command = " ".join([*(_token_safe(w) for w in proxy_words), "%h", "%p"])
     argv = ["ssh", "-o", f"ProxyCommand={proxy_command}",

@@ -56,6 +56,8 @@ def entry(cluster: str, job_id: str, node: str, ssh_argv: Sequence[str]) -> str:
         flag = args[i]
         if flag == "-o":
             key, _, value = args[i + 1].partition("=")
+            if "\n" in value or "\r" in value:
+                raise UsageError(f"{key} {value!r} cannot be written into an ssh config")
             lines.append(f"    {key} {value}")  # hpcnb's own values, already in config syntax
             i += 2
         elif flag in ("-l", "-i", "-F"):
@@ -102,7 +104,8 @@ def prune(ended: Callable[[str, str], bool]) -> list[str]:
 
 def included() -> bool:
     config = ssh_dir() / "config"
-    return config.exists() and any(line.strip() == INCLUDE for line in _read(config).splitlines())
+    return config.exists() and any(line.split("#")[0].split() == INCLUDE.split()
+                                   for line in _read(config).splitlines())
 
 
 def include(consent: Callable[[str], bool]) -> bool:
@@ -115,7 +118,10 @@ def include(consent: Callable[[str], bool]) -> bool:
         return False
     old = _read(config) if config.exists() else ""
     if config.exists():
-        shutil.copy2(config, config.with_name("config.hpcnb-backup"))
+        try:
+            shutil.copy2(config, config.with_name("config.hpcnb-backup"))
+        except OSError as exc:
+            raise HpcnbError(f"cannot back up {config}: {exc.strerror or exc}") from exc
     _write(config, f"{INCLUDE}  # VS Code hosts of `hpcnb code` (remove to undo)\n{old}")
     return True
 
@@ -136,6 +142,7 @@ def _read(path: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
+    path = path.resolve()  # a symlinked ~/.ssh/config (dotfile managers) stays a symlink
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:

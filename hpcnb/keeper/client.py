@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -32,14 +32,18 @@ from hpcnb.remote import CommandResult, logged
 
 START_TIMEOUT_S = 15.0
 LOGIN_ALLOWANCE_S = 90.0  # on top of a request's own timeout: a login (and its prompts) first
-CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError)  # no keeper there (or a stale file)
+# No keeper there: no socket, a stale one, or one shutting down (reset while it closes its listener).
+CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, EOFError)
 
 
 def route_parts(cfg: Any) -> dict[str, object]:
     """Everything that decides where and as whom a login goes (see endpoint.route_key)."""
     ssh_config = Path(os.environ.get("HPCNB_SSH_CONFIG") or "~/.ssh/config").expanduser()
     try:
-        config_hash = hashlib.sha256(ssh_config.read_bytes()).hexdigest()
+        # hpcnb's own `Include hpcnb.conf` (hpcnb code) adds only hpcnb-* hosts: not a new route.
+        text = b"".join(line for line in ssh_config.read_bytes().splitlines(keepends=True)
+                        if not line.lstrip().startswith(b"Include hpcnb.conf"))
+        config_hash = hashlib.sha256(text).hexdigest()
     except OSError:
         config_hash = ""
     from hpcnb.paths import state_dir
@@ -138,7 +142,8 @@ class KeptRemote:
     def hello(self) -> dict[str, Any]:
         return self.request({"op": "hello"}, timeout=10.0)
 
-    def forward(self, target: dict[str, Any], port: int) -> KeptForward:
+    def forward(self, target: dict[str, Any], port: int,
+                notify: Callable[[str], None] | None = None) -> KeptForward:
         """The keeper listens on 127.0.0.1:port (0: a free one) and forwards to `target` until the
         returned KeptForward is stopped (or this process ends)."""
         conn = self.connect()
@@ -157,7 +162,7 @@ class KeptRemote:
         if "error" in reply:
             conn.close()
             wire.raise_error(reply)
-        return KeptForward(conn, int(reply["port"]))
+        return KeptForward(conn, int(reply["port"]), notify)
 
     def open_stream(self, host: str, port: int) -> socket.socket:
         """A raw byte stream to host:port as seen from the login host, carried by the keeper."""
@@ -202,7 +207,7 @@ class KeptRemote:
         spec = {"key": self.key, "cluster": self.cfg.name, "login_host": self.cfg.login_host,
                 "port": self.cfg.port, "user": self.cfg.user, "identity_file": self.cfg.identity_file,
                 "known_hosts": self.cfg.known_hosts, "accept_new_host_key": self.accept_new_host_key,
-                "idle_s": self.cfg.persist}
+                "idle_s": self.cfg.persist, "notify": bool(getattr(self.cfg, "notify", True))}
         proc = spawn(self.endpoint, {"spec": spec, "folder": str(self.folder)})
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -222,8 +227,9 @@ class KeptRemote:
 class KeptForward:
     """A tunnel the keeper serves on 127.0.0.1:port while this line to it stays open."""
 
-    def __init__(self, conn: Any, port: int) -> None:
+    def __init__(self, conn: Any, port: int, notify: Callable[[str], None] | None = None) -> None:
         self._conn, self.port = conn, port
+        self._notify = notify or (lambda _message: None)  # the keeper's word on the tunnel
         self.ended = threading.Event()  # the keeper closed the line (it ended)
         self._send_lock = threading.Lock()
         threading.Thread(target=self._serve, name="kept-forward", daemon=True).start()
@@ -235,6 +241,8 @@ class KeptForward:
                 if "prompt" in message:  # the keeper logs in again after a drop: ask here
                     with self._send_lock:
                         answer_prompt(self._conn, message)
+                elif "notice" in message:
+                    self._notify(str(message["notice"]))
         except (EOFError, OSError, KeeperError):
             pass
         finally:
@@ -245,8 +253,11 @@ class KeptForward:
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, EOFError), self._send_lock:
-            wire.send(self._conn, {"close": True})
-        self.ended.wait(5.0)
+            wire.send(self._conn, {"close": True})  # the keeper closes the tunnel, then its end
+        if not self.ended.wait(5.0):
+            with contextlib.suppress(OSError, ValueError):  # wake our reader if it did not
+                socket.socket(fileno=os.dup(self._conn.fileno())).shutdown(socket.SHUT_RDWR)
+            self.ended.wait(1.0)
         with contextlib.suppress(OSError):
             self._conn.close()
 
@@ -274,8 +285,16 @@ def spawn(endpoint: ep.Endpoint, spec: dict[str, Any]) -> subprocess.Popen[bytes
     if sys.platform == "win32":  # pragma: no cover
         detach = {"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
     with log:
+        # cwd: home, so a keeper kept for hours holds no mount the command was started in busy;
+        # and the very hpcnb this command runs (a source tree may not be the installed one).
+        import hpcnb
+
+        here = str(Path(hpcnb.__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
         proc = subprocess.Popen([sys.executable, "-m", "hpcnb.keeper"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=log, close_fds=True, **detach)
+                                stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
+                                cwd=str(Path.home()), env={**os.environ, "PYTHONPATH": path},
+                                **detach)
     assert proc.stdin is not None
     with contextlib.suppress(OSError):
         proc.stdin.write(json.dumps(spec).encode())

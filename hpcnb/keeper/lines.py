@@ -62,8 +62,8 @@ class ClientLine:
 class PromptRelay:
     """Routes a login's prompts to a waiting command (see the module docstring)."""
 
-    def __init__(self, cluster: str) -> None:
-        self.cluster = cluster
+    def __init__(self, cluster: str, *, notify: bool = True) -> None:
+        self.cluster, self.notify = cluster, notify
         self._holders: list[ClientLine] = []  # lines holding a tunnel open, oldest first
         self._lock = threading.Lock()
 
@@ -83,7 +83,7 @@ class PromptRelay:
 
         def ask(prompt: Prompt) -> str:
             nonlocal notified
-            if again and not notified:
+            if again and not notified and self.notify:
                 notified = True
                 notify.notify("hpcnb: log in again",
                               f"the connection to {self.cluster} dropped: {prompt.text.strip()}")

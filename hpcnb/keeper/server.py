@@ -55,6 +55,7 @@ class Spec:
     known_hosts: str | None
     accept_new_host_key: bool
     idle_s: float
+    notify: bool = True  # the desktop notification when a login is wanted again
 
     @property
     def name(self) -> str:  # SSHRemote.from_config's ClusterLike
@@ -64,7 +65,7 @@ class Spec:
 class Keeper:
     def __init__(self, spec: Spec, endpoint: Endpoint, authkey: bytes) -> None:
         self.spec, self.endpoint, self._authkey = spec, endpoint, authkey
-        self.relay = PromptRelay(spec.cluster)
+        self.relay = PromptRelay(spec.cluster, notify=spec.notify)
         self.since = time.time()
         self.logins = 0
         self._remote: SSHRemote | None = None
@@ -127,8 +128,13 @@ class Keeper:
         try:
             # The HMAC challenge both ways (what Listener.accept does with an authkey), here in the
             # connection's own thread: a client that never answers holds up only itself.
-            mpc.deliver_challenge(conn, self._authkey)
-            mpc.answer_challenge(conn, self._authkey)
+            watchdog = threading.Timer(HELLO_TIMEOUT_S, _hang_up, args=(conn,))
+            watchdog.start()  # a client that never completes the challenge holds nothing for long
+            try:
+                mpc.deliver_challenge(conn, self._authkey)
+                mpc.answer_challenge(conn, self._authkey)
+            finally:
+                watchdog.cancel()
             request = wire.recv(conn, timeout=HELLO_TIMEOUT_S)
             line = ClientLine(conn, can_prompt=bool(request.get("can_prompt")))
             self._dispatch(line, request)
@@ -204,10 +210,16 @@ class Keeper:
         raw = dict(request.get("target") or {})
         raw["node_aliases"] = tuple(raw.get("node_aliases") or ())
         target = Target(**raw)
+        def tell(message: str) -> None:  # the attach says it too ("reconnecting", "reconnected")
+            _log.info("%s", message)
+            with contextlib.suppress(LineClosed):
+                line.send({"notice": message})
+
         route = NotebookRoute(target, self.login(line), lambda: self.login(None),
                               accept_new_host_key=bool(request.get("accept_new_host_key")),
-                              notify=_log.info, close_logins=False)
-        tunnel = Tunnel(route, port=int(request.get("port") or 0), notify=_log.info)
+                              notify=tell, close_logins=False)
+        tunnel = Tunnel(route, port=int(request.get("port") or 0), notify=tell)
+        port = None
         try:
             port = tunnel.start()
             tunnel.serve_in_thread()
@@ -219,6 +231,8 @@ class Keeper:
             line.send({"port": port})
             while not self._stop.is_set():  # until the command closes its line (or ends)
                 message = wire.recv(line.conn)
+                if message.get("close"):
+                    break  # the command stops this tunnel (KeptForward.stop)
                 if "answer" in message or "error" in message:
                     line.put_answer(message)
         except (EOFError, OSError):
@@ -227,8 +241,9 @@ class Keeper:
             self.relay.release(line)
             tunnel.stop()
             route.close()
-            with self._state_lock:
-                self._tunnels.pop(tunnel.port, None)
+            if port is not None:  # a port that was taken is another tunnel's, not this one's
+                with self._state_lock:
+                    self._tunnels.pop(port, None)
 
     def _stream(self, line: ClientLine, request: dict[str, Any]) -> None:
         """A TCP connection from the login host to host:port (a node's sshd, for `hpcnb proxy`):
@@ -285,6 +300,12 @@ class Keeper:
         if remote is not None:
             with contextlib.suppress(HpcnbError, OSError, EOFError):
                 remote.close()
+
+
+def _hang_up(conn: Any) -> None:
+    """Wake whatever thread reads this connection (closing the fd alone would not, on Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
 
 
 def listen(endpoint: Endpoint) -> Listener:

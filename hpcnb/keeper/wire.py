@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from hpcnb import errors
 from hpcnb.errors import HpcnbError, KeeperError
 
-MAX_MESSAGE = 64 * 1024 * 1024  # a job log read whole: generous, but bounded
+MAX_MESSAGE = 512 * 1024 * 1024  # a job log read whole, base64: generous, but bounded
 
 
 class Conn(Protocol):

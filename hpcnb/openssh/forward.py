@@ -51,9 +51,12 @@ class MasterForward:
 
     def _ctl(self, op: str) -> subprocess.CompletedProcess[str]:
         r = self.remote
-        return subprocess.run([r.ssh, "-O", op, "-L", self.spec, *r.options, "--", r.host],
-                              capture_output=True, text=True, timeout=30, check=False,
-                              stdin=subprocess.DEVNULL)
+        try:
+            return subprocess.run([r.ssh, "-O", op, "-L", self.spec, *r.options, "--", r.host],
+                                  capture_output=True, text=True, timeout=30, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise TunnelError(f"ssh -O {op} -L {self.spec} failed: {exc}") from exc
 
     def start(self) -> MasterForward:
         proc = self._ctl("forward")
@@ -65,7 +68,7 @@ class MasterForward:
         return True  # the master's own life is the remote's concern (its next command says)
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
+        with contextlib.suppress(TunnelError):
             self._ctl("cancel")
 
 

@@ -26,6 +26,7 @@ from hpcnb.remote import CommandResult, logged, shell_command
 
 _log = logging.getLogger("hpcnb.openssh")
 EXIT_SSH = 255  # ssh(1): "exits with 255 if an error occurred" (its own, not the command's)
+LOGIN_TIMEOUT_S = 600  # a login with a code to fetch from a phone
 _SAID_NO_MASTER: set[str] = set()  # Windows: said once per process
 
 
@@ -72,14 +73,20 @@ class OpenSSHRemote:
         if sys.platform == "win32":
             return o.Control("none")
         yours = o.user_control_path(self.effective)
-        if yours is not None:
-            return o.Control("yours", yours)
+        if yours is not None and self._answers(yours):
+            return o.Control("yours", yours)  # their live master: ride it, never start one there
         from hpcnb.keeper import endpoint as ep
 
         where = ep.private_folder(folder or ep.runtime_folder())
         persist = int(self.cfg.persist or 0)
         # %C: a hash of local host, remote host, port, user and jump (ssh_config(5) TOKENS).
         return o.Control("hpcnb", str(where / "ssh-%C"), persist)
+
+    def _answers(self, control_path: str) -> bool:
+        """Whether a master answers at this ControlPath (`ssh -O check`)."""
+        check = self._plain([self.ssh, "-o", f"ControlPath={o.quote_path(control_path)}", "-O", "check",
+                             *self._explicit(), "--", self.host])
+        return check.returncode == 0
 
     def describe(self) -> str:
         """For `hpcnb doctor`: the backend, ssh's version, and the master it rides."""
@@ -103,13 +110,26 @@ class OpenSSHRemote:
         return check.returncode == 0
 
     def ensure_master(self) -> None:
-        """Log in once (the master), unless a master already answers."""
+        """Log in once (the master), unless a master already answers. Under a lock, so two
+        commands starting at once make one login (and one prompt), not two."""
         if self.control.kind == "none" or self.master_alive():
             return
+        from hpcnb.keeper import endpoint as ep
+
+        lock = Path(str(self.control.path)).with_name("ssh-master.lock")
+        with ep.file_lock(lock):
+            if self.master_alive():
+                return
+            self._start_master()
+
+    def _start_master(self) -> None:
         with tempfile.TemporaryFile() as err:
-            proc = subprocess.run([self.ssh, *o.master_options(self.control), *self.options, "--",
-                                   self.host], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=err, env=self._env(), timeout=300, check=False)
+            try:
+                proc = subprocess.run([self.ssh, *o.master_options(self.control), *self.options, "--",
+                                       self.host], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=err, env=self._env(), timeout=LOGIN_TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired:
+                raise SSHError(f"the login to {self.route} did not finish in {LOGIN_TIMEOUT_S} s") from None
             err.seek(0)
             stderr = err.read().decode(errors="replace")
         if proc.returncode != 0:
@@ -167,7 +187,7 @@ class OpenSSHRemote:
             raise SSHError(f"`{' '.join(argv)}` failed: {exc}") from exc
 
     # --- tunnels -----------------------------------------------------------------------------
-    def forward(self, target: dict[str, Any], port: int) -> Any:
+    def forward(self, target: dict[str, Any], port: int, notify: Any = None) -> Any:
         from hpcnb.openssh.forward import open_forward
 
         self.ensure_master()
@@ -203,20 +223,42 @@ def own_masters(folder: Path | None = None) -> list[Path]:
         return []
     alive = []
     for sock in sorted(where.glob("ssh-*")):
-        check = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "check",
-                                "hpcnb-master"], capture_output=True, timeout=10, check=False,
-                               stdin=subprocess.DEVNULL)
+        if sock.suffix == ".lock":
+            continue
+        try:
+            check = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "check",
+                                    "hpcnb-master"], capture_output=True, timeout=10, check=False,
+                                   stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
         if check.returncode == 0:
             alive.append(sock)
-        else:
+        elif _refused(sock):
             sock.unlink(missing_ok=True)  # a master that died left its socket
     return alive
+
+
+def _refused(sock: Path) -> bool:
+    """Nothing listens on this socket any more (not merely a check that failed for another reason)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(sock))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def end_master(sock: Path) -> bool:
     """`ssh -O exit` on one of hpcnb's masters; whether it answered."""
     ssh = shutil.which("ssh") or "ssh"
-    proc = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "exit",
-                           "hpcnb-master"], capture_output=True, timeout=10, check=False,
-                          stdin=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run([ssh, "-o", f"ControlPath={o.quote_path(str(sock))}", "-O", "exit",
+                               "hpcnb-master"], capture_output=True, timeout=10, check=False,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
     return proc.returncode == 0

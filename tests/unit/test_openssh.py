@@ -95,11 +95,14 @@ def test_windows_has_no_master(monkeypatch):
     assert remote._control(None) == o.Control("none")
 
 
-def test_a_users_control_path_is_ridden(monkeypatch, tmp_path):
+def test_a_users_live_master_is_ridden_and_never_started_for_them(monkeypatch, tmp_path):
     remote = OpenSSHRemote.__new__(OpenSSHRemote)
     remote.cfg, remote.effective = cfg(), {"controlpath": "/home/a/.ssh/cm-x"}
     monkeypatch.setattr(sys, "platform", "linux")
+    remote._answers = lambda path: True  # type: ignore[method-assign]
     assert remote._control(tmp_path) == o.Control("yours", "/home/a/.ssh/cm-x")
+    remote._answers = lambda path: False  # type: ignore[method-assign]  # theirs is not running
+    assert remote._control(tmp_path).kind == "hpcnb"
     remote.effective = {"controlpath": "none"}
     mine = remote._control(tmp_path / "k")
     assert mine.kind == "hpcnb" and mine.path == str(tmp_path / "k" / "ssh-%C") and mine.persist_s == 43200
