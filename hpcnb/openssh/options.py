@@ -44,13 +44,14 @@ def host_key_option(effective: Mapping[str, str], accept_new: bool) -> list[str]
 
 
 def base_options(cfg: Any, effective: Mapping[str, str], control: Control, *,
-                 accept_new: bool, login_port: bool = True) -> list[str]:
+                 accept_new: bool, node_hop: bool = False) -> list[str]:
     """The options for every `ssh` of this cluster: its explicit values, host keys, the master.
-    login_port=False: for the node hop (the cluster's port is its login host's)."""
+    node_hop: for the ssh to a node (through the login's master by its ProxyCommand): not the
+    login host's port, and no ControlPath (the login's master is not the node's)."""
     opts: list[str] = ["-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
     if cfg.user:
         opts += ["-l", cfg.user]
-    if cfg.port and login_port:
+    if cfg.port and not node_hop:
         opts += ["-p", str(cfg.port)]
     if cfg.identity_file:
         opts += ["-i", cfg.identity_file]
@@ -62,10 +63,10 @@ def base_options(cfg: Any, effective: Mapping[str, str], control: Control, *,
     # A command never becomes a master itself (a master started by a command would hold its
     # output pipes open): the master is started on its own (master_options), and commands ride it.
     opts += ["-o", "ControlMaster=no"]
-    if control.kind == "hpcnb" and control.path:
-        opts += ["-o", f"ControlPath={quote_path(control.path)}"]
-    elif control.kind == "none":
+    if node_hop or control.kind == "none":
         opts += ["-o", "ControlPath=none"]
+    elif control.kind == "hpcnb" and control.path:
+        opts += ["-o", f"ControlPath={quote_path(control.path)}"]
     return opts
 
 

@@ -46,7 +46,7 @@ class OpenSSHRemote:
         self.options = config + o.base_options(cfg, self.effective, self.control,
                                                accept_new=accept_new_host_key)
         self.node_options = config + o.base_options(cfg, self.effective, self.control,
-                                                    accept_new=accept_new_host_key, login_port=False)
+                                                    accept_new=accept_new_host_key, node_hop=True)
         self.user = self.effective.get("user", cfg.user or "")
         self.route = f"{self.user}@{self.effective.get('hostname', self.host)} (OpenSSH)"
         self._started_master = False
@@ -76,11 +76,14 @@ class OpenSSHRemote:
         if yours is not None and self._answers(yours):
             return o.Control("yours", yours)  # their live master: ride it, never start one there
         from hpcnb.keeper import endpoint as ep
+        from hpcnb.keeper.client import route_key_of
 
         where = ep.private_folder(folder or ep.runtime_folder())
         persist = int(self.cfg.persist or 0)
-        # %C: a hash of local host, remote host, port, user and jump (ssh_config(5) TOKENS).
-        return o.Control("hpcnb", str(where / "ssh-%C"), persist)
+        # Named by the route key the keepers use (host, port, user, identity, known_hosts, the ssh
+        # config's text, the state folder), not ssh's %C (host, port, user, jump only): a master is
+        # never ridden by a cluster whose host keys or identity differ.
+        return o.Control("hpcnb", str(where / f"ssh-{route_key_of(self.cfg)}"), persist)
 
     def _answers(self, control_path: str) -> bool:
         """Whether a master answers at this ControlPath (`ssh -O check`)."""
@@ -116,7 +119,7 @@ class OpenSSHRemote:
             return
         from hpcnb.keeper import endpoint as ep
 
-        lock = Path(str(self.control.path)).with_name("ssh-master.lock")
+        lock = Path(str(self.control.path)).with_name("openssh-master.lock")
         with ep.file_lock(lock):
             if self.master_alive():
                 return

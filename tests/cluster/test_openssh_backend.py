@@ -10,11 +10,19 @@ import subprocess
 
 import pytest
 from fixtures import gateway_env, prompts, seed_session
-from hpcnb_driver import Hpcnb, keepers_folder
+from hpcnb_driver import Hpcnb, keepers_folder, stop_keepers
 
 pytestmark = pytest.mark.cluster
 
 CLUSTERS = ["testbed-openssh", "testbed-openssh-node-ssh", "testbed-openssh-socket"]
+
+
+@pytest.fixture(autouse=True)
+def _alone():
+    """Each test starts with no master (or keeper) of hpcnb's in this run's folder, and leaves none."""
+    stop_keepers(keepers_folder())
+    yield
+    stop_keepers(keepers_folder())
 
 
 @pytest.fixture
@@ -23,7 +31,7 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
 
 
 def _masters() -> list[str]:
-    return sorted(p.name for p in keepers_folder().glob("ssh-*"))
+    return sorted(p.name for p in keepers_folder().glob("ssh-*") if p.is_socket())
 
 
 @pytest.mark.parametrize("cluster", CLUSTERS)

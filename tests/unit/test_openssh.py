@@ -3,7 +3,9 @@ the master chosen per platform (Windows cannot run here: its branch is tested by
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -26,9 +28,10 @@ def test_explicit_values_become_options_and_nothing_else():
                     "-o", "StrictHostKeyChecking=yes", "-o", "ControlMaster=no"]
 
 
-def test_the_node_hop_does_not_get_the_login_port():
-    opts = o.base_options(cfg(port=2222), {}, o.Control("none"), accept_new=False, login_port=False)
-    assert "-p" not in opts
+def test_the_node_hop_gets_neither_the_login_port_nor_its_master():
+    opts = o.base_options(cfg(port=2222), {}, o.Control("hpcnb", "/run/ssh-abc"), accept_new=False,
+                          node_hop=True)
+    assert "-p" not in opts and opts[-2:] == ["-o", "ControlPath=none"]
 
 
 def test_known_hosts_file_first_then_the_users_with_spaces_quoted():
@@ -105,4 +108,8 @@ def test_a_users_live_master_is_ridden_and_never_started_for_them(monkeypatch, t
     assert remote._control(tmp_path).kind == "hpcnb"
     remote.effective = {"controlpath": "none"}
     mine = remote._control(tmp_path / "k")
-    assert mine.kind == "hpcnb" and mine.path == str(tmp_path / "k" / "ssh-%C") and mine.persist_s == 43200
+    assert mine.kind == "hpcnb" and mine.persist_s == 43200
+    assert mine.path is not None and re.fullmatch(r"ssh-[0-9a-f]{24}", Path(mine.path).name)
+    other = OpenSSHRemote.__new__(OpenSSHRemote)  # another known_hosts: another master
+    other.cfg, other.effective = cfg(known_hosts="/elsewhere"), {"controlpath": "none"}
+    assert other._control(tmp_path / "k").path != mine.path
