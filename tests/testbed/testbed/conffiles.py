@@ -62,6 +62,10 @@ SlurmdParameters=config_overrides
 MinJobAge=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost={login_addr}
+# Registers the gres/gpu TRES in slurmdbd at `up`: the site mirrors' QOS limits name it
+# (sacctmgr refuses "no TRES known by type gres/gpu" on a fresh database otherwise).
+AccountingStorageTRES=gres/gpu
+GresTypes=gpu
 JobCompType=jobcomp/none
 SlurmctldTimeout=30
 MessageTimeout=10

@@ -98,6 +98,13 @@ def start_slurm() -> None:
 
     wait_for("node01 and node02 idle in sinfo", nodes_idle, timeout=60, interval=0.3)
 
+    def gpu_tres_known() -> bool:  # slurm.conf's AccountingStorageTRES, registered by slurmctld
+        out = sh(["nsenter", f"--net=/run/netns/{LOGIN.name}", "sacctmgr", "-n", "-P", "show", "tres"],
+                 check=False, env=slurm_env())
+        return "gres|gpu" in out.stdout
+
+    wait_for("the gres/gpu TRES in slurmdbd", gpu_tres_known, timeout=60, interval=0.5)
+
 
 def sshd_binary(host: Host) -> str:
     """/usr/sbin/sshd, or for the gateway a link to it whose name is the PAM service it uses."""
