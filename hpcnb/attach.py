@@ -120,7 +120,8 @@ def forwarded_far(handshake: Handshake, remote: Any, node: str | None) -> Far:
 
     def files_remote() -> Remote:
         if served and not served[-1].alive():
-            raise KeeperError(f"the connection serving 127.0.0.1:{served[-1].port} has ended",
+            who = "the keeper" if hasattr(remote, "endpoint") else "the ssh"  # hpcnb.keeper / openssh
+            raise KeeperError(f"{who} serving 127.0.0.1:{served[-1].port} has ended",
                               hint=f"see hpcnb connections; `hpcnb attach {handshake.job_id}` "
                                    "tunnels again")
         return remote  # type: ignore[no-any-return]
