@@ -118,8 +118,9 @@ class SlurmMirror:
                 stdout=log, stderr=log, start_new_session=True,
                 env={**os.environ, "SLURM_CONF": str(self.conf)})
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Up, and holding the user's associations from slurmdbd (without them it refuses every job)."""
+    def wait_ready(self, timeout: float = 240) -> None:
+        """Up, and holding the user's associations from slurmdbd (without them it refuses every job).
+        A wave's slurmctlds start together: on a busy 2-core machine (CI) that took over 60 s."""
         deadline = time.monotonic() + timeout
         argv = in_login(["scontrol", "show", "assoc_mgr", f"users={USER}", "flags=assoc"])
         while time.monotonic() < deadline:
@@ -127,8 +128,11 @@ class SlurmMirror:
                 code = None if self.proc is None else self.proc.returncode
                 raise TestbedError(f"the {self.mirror.site} mirror's slurmctld exited {code}: "
                                    + self.log_tail())
-            if f"UserName={USER}" in run(argv, self.conf, timeout=10).stdout:
-                return
+            try:
+                if f"UserName={USER}" in run(argv, self.conf, timeout=30).stdout:
+                    return
+            except subprocess.TimeoutExpired:
+                pass  # slurmctld still starting: ask again
             time.sleep(0.2)
         raise TestbedError(f"the {self.mirror.site} mirror's slurmctld was not ready in {timeout:.0f} s: "
                            + self.log_tail())
