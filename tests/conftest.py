@@ -28,6 +28,15 @@ def _no_keeper_outlives_its_module():
     stop_keepers(KEEPERS)
 
 
+@pytest.fixture
+def alone():
+    """No keeper or OpenSSH master of hpcnb's in this run's folder before the test, none after
+    (for tests that count them or cut their connections)."""
+    stop_keepers(KEEPERS)
+    yield
+    stop_keepers(KEEPERS)
+
+
 def pytest_sessionfinish(session, exitstatus):
     stop_keepers(KEEPERS)
     shutil.rmtree(KEEPERS, ignore_errors=True)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 from fixtures import CLUSTER_CMD, on_node, ssh
-from hpcnb_driver import Background, Hpcnb, derived_config
+from hpcnb_driver import Background, Hpcnb, derived_config, walltime_warning_then_end
 from testbed import sge as testbed_sge
 from testbed import topology
 from testbed.proc import read_pid, stop_pid
@@ -151,15 +151,7 @@ def test_kernel_through_each_tunnel_mode(hpcnb, cluster):
 def test_walltime_warning_then_timeout_ends_attached_submit(hpcnb):
     """qmaster kills the job at its h_rt (qacct: failed 37, exit_status 137: fact 8); the attached
     submit warns before it, then ends, and list says timeout."""
-    submit = Background(hpcnb, "submit", "--cluster", CLUSTER, "--no-browser", "--time", "00:01:00")
-    try:
-        job_id = submit.wait_for(r"submitted job (\d+)", 60).group(1)
-        submit.wait_for(r"^http://127\.0\.0\.1:\d+/lab\?token=", 90)
-        submit.wait_for(r"reaches its time limit", 30)
-        assert submit.finish(180) == 9, submit.stderr()
-        assert f"job {job_id} has ended" in submit.stderr()
-    finally:
-        submit.stop()
+    job_id = walltime_warning_then_end(hpcnb, CLUSTER)
     record = _qacct(job_id)
     assert record["failed"].startswith("37")
     assert record["exit_status"].split()[0] == "137"

@@ -19,7 +19,7 @@ from fixtures import gateway_env, prompts, seed_session, sshd_pids_serving
 from hpcnb_driver import Background, Hpcnb, derived_config, keeper_pids, keepers_folder, stop_keepers
 from testbed import topology
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("alone")]
 
 
 def _kill(pids: list[int]) -> None:
@@ -42,14 +42,6 @@ def _connections(hpcnb: Hpcnb) -> list[dict]:
     proc = hpcnb.run("connections", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-@pytest.fixture(autouse=True)
-def _alone():
-    """Each test starts with no keeper in this run's folder, and leaves none."""
-    stop_keepers(keepers_folder())
-    yield
-    stop_keepers(keepers_folder())
 
 
 @pytest.fixture

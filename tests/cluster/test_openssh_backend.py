@@ -10,19 +10,11 @@ import subprocess
 
 import pytest
 from fixtures import gateway_env, prompts, seed_session
-from hpcnb_driver import Hpcnb, keepers_folder, stop_keepers
+from hpcnb_driver import Hpcnb, keepers_folder
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("alone")]
 
 CLUSTERS = ["testbed-openssh", "testbed-openssh-node-ssh", "testbed-openssh-socket"]
-
-
-@pytest.fixture(autouse=True)
-def _alone():
-    """Each test starts with no master (or keeper) of hpcnb's in this run's folder, and leaves none."""
-    stop_keepers(keepers_folder())
-    yield
-    stop_keepers(keepers_folder())
 
 
 @pytest.fixture
