@@ -18,13 +18,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from hpcnb.errors import JobEnded, UsageError
 from hpcnb.pump import StdioEnd, splice
 
-SSH_PORT = 22
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 
 
@@ -76,9 +74,9 @@ def ssh_argv(cluster: Any, node: str, command: Sequence[str], *, tty: bool,
             "-o", f"StrictHostKeyChecking={'accept-new' if accept_new_host_key else 'yes'}"]
     if cfg.known_hosts:
         argv += ["-o", f'UserKnownHostsFile="{cfg.known_hosts}" ~/.ssh/known_hosts']
-    config = os.environ.get("HPCNB_SSH_CONFIG")
-    if config and Path(config).expanduser().exists():
-        argv += ["-F", config]
+    from hpcnb.openssh.options import config_file_option  # pure: no paramiko, no process
+
+    argv += config_file_option(os.environ)
     remote = cluster.remote
     if not cfg.user and callable(getattr(remote, "check_login", None)):
         remote.check_login()  # the login's user (an ssh config alias may name it): the node's too

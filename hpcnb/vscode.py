@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpcnb.errors import HpcnbError, UsageError
@@ -153,9 +153,3 @@ def _write(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise HpcnbError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def aliases(lines: Iterable[str] = ()) -> list[str]:
-    """The host aliases in hpcnb.conf now (for messages and tests)."""
-    text = "\n".join(lines) if lines else _read(entries_file())
-    return [host_alias(*key) for key, _ in _blocks(text) if key is not None]

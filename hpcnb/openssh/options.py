@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError
@@ -28,6 +29,15 @@ class Control:
     kind: str  # "yours" | "hpcnb" | "none"
     path: str | None = None
     persist_s: int = 0
+
+
+def config_file_option(env: Mapping[str, str]) -> list[str]:
+    """`-F FILE` when $HPCNB_SSH_CONFIG names the ssh config hpcnb reads instead of ~/.ssh/config
+    (as the paramiko backend does); a missing file is an empty config there too (ssh(1) -F none)."""
+    config = env.get("HPCNB_SSH_CONFIG")
+    if not config:
+        return []
+    return ["-F", config if Path(config).expanduser().exists() else "none"]
 
 
 def quote_path(path: str) -> str:

@@ -42,7 +42,7 @@ class OpenSSHRemote:
         self.effective = o.parse_effective(self._plain([self.ssh, "-G", *self._explicit(), "--",
                                                         self.host]).stdout)
         self.control = self._control(folder)
-        config = self._explicit()[:2] if os.environ.get("HPCNB_SSH_CONFIG") else []
+        config = o.config_file_option(os.environ)
         self.options = config + o.base_options(cfg, self.effective, self.control,
                                                accept_new=accept_new_host_key)
         self.node_options = config + o.base_options(cfg, self.effective, self.control,
@@ -56,11 +56,7 @@ class OpenSSHRemote:
 
     # --- which master ------------------------------------------------------------------------
     def _explicit(self) -> list[str]:
-        cfg, opts = self.cfg, []
-        config = os.environ.get("HPCNB_SSH_CONFIG")
-        if config:  # the ssh config hpcnb reads instead of ~/.ssh/config (as the paramiko backend);
-            # a missing one is an empty one there too (ssh(1) -F: "none" reads no file)
-            opts += ["-F", config if Path(config).expanduser().exists() else "none"]
+        cfg, opts = self.cfg, o.config_file_option(os.environ)
         if cfg.user:
             opts += ["-l", cfg.user]
         if cfg.port:
