@@ -10,7 +10,7 @@ import sys
 import pytest
 from testbed import mirrors
 from testbed.mirror_pbs import hook_source, queue_lines
-from testbed.mirror_slurm import job_submit_lua, sacctmgr_setup, slurm_conf, waves
+from testbed.mirror_slurm import job_submit_lua, sacctmgr_setup, sacctmgr_user, slurm_conf, waves
 
 from hpcnb.paths import site_config_files
 
@@ -61,7 +61,8 @@ def test_slurm_files_are_generated(mirror: mirrors.Mirror, tmp_path):
     assert ("JobSubmitPlugins=lua" in conf) == bool(mirror.rules)
     assert job_submit_lua(mirror).count("message = ") == len(mirror.rules)
     lines = sacctmgr_setup(mirror)
-    assert lines[0] == f"add cluster mirror_{mirror.site}" and lines[-1].startswith("add user ")
+    assert lines[0] == f"add cluster mirror_{mirror.site}" and lines[-1].startswith("add account ")
+    assert sacctmgr_user(mirror).startswith(f"add user hpcuser account={mirror.accounts[0]}")
 
 
 @pytest.mark.parametrize("mirror", mirrors.load_all("pbs"), ids=lambda m: m.site)

@@ -25,6 +25,7 @@ from .mirror_slurm import (
     job_submit_lua,
     sacctmgr_setup,
     sacctmgr_teardown,
+    sacctmgr_user,
     slurm_conf,
     waves,
 )
@@ -181,6 +182,16 @@ class Fleet:
         if lines:
             sacctmgr(lines)
 
+    def check_users(self) -> None:
+        """Every mirror's cluster has the test user's associations (else its slurmctld refuses
+        every job, and its readiness wait would time out with no word of why)."""
+        rows = run(in_login(["sacctmgr", "-n", "-P", "show", "assoc", "format=cluster",
+                             "where", f"user={USER}"]))
+        have = set(rows.stdout.split())
+        missing = sorted(m.site for m in self.mirrors if cluster_name(m) not in have)
+        if rows.returncode != 0 or missing:
+            raise TestbedError(f"no association of {USER} in the mirrors of {missing}: {evidence(rows)}")
+
     def __enter__(self) -> Fleet:
         try:
             self._clean()
@@ -188,6 +199,9 @@ class Fleet:
             ports = free_ports(len(self.mirrors))
             with ThreadPoolExecutor(max_workers=len(self.mirrors)) as pool:
                 list(pool.map(lambda m: sacctmgr(sacctmgr_setup(m)), self.mirrors))
+                for mirror in self.mirrors:
+                    sacctmgr([sacctmgr_user(mirror)])
+                self.check_users()
                 for mirror, port in zip(self.mirrors, ports, strict=True):
                     self.live[mirror.site] = SlurmMirror(mirror, port)
                     self.live[mirror.site].start()
