@@ -35,6 +35,9 @@ class OpenTunnel:
     """Serve until the given event is set (or Ctrl-C), or raise JobEnded when the notebook ends."""
     extra: dict[int, int] = field(default_factory=dict)
     """Other ports of the node (a Dask dashboard, TensorBoard): node port -> local port."""
+    app: str = "jupyter"
+    password: str | None = None
+    """What the user types into the app's login page (code-server, RStudio); None: the URL has it."""
 
 
 class Listening(Protocol):
@@ -130,17 +133,19 @@ def forwarded_far(handshake: Handshake, remote: Any, node: str | None) -> Far:
 
 
 def check_answers(local_port: int, handshake: Handshake, timeout: float | None = None) -> None:
-    """GET /api/status through the tunnel: the URL we print must already work."""
+    """GET the app's readiness path through the tunnel (Jupyter: /api/status with its token, 200;
+    an app: below 400): the URL we print must already work."""
     deadline = time.monotonic() + (ANSWER_TIMEOUT_S if timeout is None else timeout)
     last: Exception | None = None
+    jupyter = handshake.app == "jupyter"
+    headers = {"Authorization": f"token {handshake.token}"} if jupyter else {}
     while time.monotonic() < deadline:
         conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=10)
         try:
-            conn.request("GET", handshake.base_url.rstrip("/") + "/api/status",
-                         headers={"Authorization": f"token {handshake.token}"})
+            conn.request("GET", handshake.base_url.rstrip("/") + handshake.ready, headers=headers)
             response = conn.getresponse()
             response.read()
-            if response.status == 200:
+            if response.status == 200 or (not jupyter and response.status < 400):
                 return
             last = HpcnbError(f"HTTP {response.status}")
         except (OSError, http.client.HTTPException) as exc:
@@ -166,7 +171,8 @@ def tunnel(handshake: Handshake, far: Far, *, port: int | None, notify: Notify,
         def hold(stop: threading.Event | None = None) -> None:
             watch(stop or threading.Event(), far.files_remote)
 
-        yield OpenTunnel(handshake.url(local_port), local_port, hold)
+        yield OpenTunnel(handshake.url(local_port), local_port, hold, app=handshake.app,
+                         password=handshake.password)
     finally:
         if local is not None:
             local.stop()

@@ -23,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcnb import apps as app_tables
 from hpcnb import paths
 from hpcnb import profiles as profile_tables
+from hpcnb.apps import App
 from hpcnb.errors import ConfigError
 from hpcnb.keeper import persist
 from hpcnb.names import NAME_RE, NAME_RULE, named_tables
 from hpcnb.profiles import Profile
 from hpcnb.schedulers import SCHEDULERS as SCHEDULER_CLASSES
+from hpcnb.script_values import check_script_values
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,15 +49,6 @@ FLAG_KEYS = {"partition_flag": "partition_flags", "account_flag": "account_flags
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})\Z")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}\Z")
-# A directive is read by sbatch/qsub, not by bash, but it sits on a bash comment line. Only a plain
-# option is accepted: `--long`, `--long=VALUE`, `-x`, `-x VALUE` (one space), VALUE from a
-# conservative character set (no quotes, no shell metacharacters, no whitespace, one line), so no
-# config can smuggle shell text or a second option into the header.
-_DIRECTIVE_VALUE = r"[A-Za-z0-9._:=/@+,%-]{1,200}"
-_DIRECTIVE_RE = re.compile(
-    rf"^(?:--[A-Za-z][A-Za-z0-9-]{{0,63}}(?:={_DIRECTIVE_VALUE})?|-[A-Za-z](?: {_DIRECTIVE_VALUE})?)\Z"
-)
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -101,6 +95,8 @@ class ClusterConfig:
     ssh_backend: str = "paramiko"  # or "openssh": the system ssh does every login (hpcnb.openssh)
     ports: tuple[int, ...] = ()  # the node's other ports forwarded beside the notebook (8787, 6006)
     notify: bool = True  # desktop notifications: a queued notebook ready, the walltime warning
+    app: str = "jupyter"  # what a job starts unless --app says otherwise (hpcnb.apps)
+    apps: tuple[App, ...] = app_tables.BUILT_IN_APPS  # the recipes: built-in, the site's, the user's
 
     @property
     def machine(self) -> str:
@@ -151,6 +147,7 @@ _KIND: dict[str, Callable[[Any], str | None]] = {
     "bool": _check_bool,
     "strlist": _check_strlist,
     "table": lambda value: None,  # profiles: checked by hpcnb.profiles
+    "apps": lambda value: None,  # checked by hpcnb.apps
     "resources": profile_tables.check_resources,
     "persist": lambda value: None if isinstance(value, (str, bool)) else 'a duration such as "12h", or "no"',
     "ports": lambda v: None if isinstance(v, list) and all(
@@ -168,7 +165,7 @@ _KEYS: dict[str, str] = {
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
     "resources": "resources", "persist": "persist", "ssh_backend": "str",
-    "ports": "ports", "notify": "bool",
+    "ports": "ports", "notify": "bool", "app": "str", "apps": "apps",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -205,6 +202,8 @@ def _check_table(
             value = str(p if p.is_absolute() else (file.parent / p).resolve())
         if kind == "table":
             value = profile_tables.check_tables(value, _where(file, table))
+        if kind == "apps":
+            value = app_tables.check_tables(value, _where(file, table))
         out[key] = tuple(value) if kind == "strlist" else value
     return out
 
@@ -212,40 +211,6 @@ def _check_table(
 def _one_of(value: str, choices: tuple[str, ...], key: str, where: str) -> None:
     if value not in choices:
         raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(choices)}")
-
-
-def check_script_values(values: Mapping[str, Any], where: str) -> None:
-    """The keys that reach the job script as text: setup, extra_directives (and the profiles'
-    directives), python, notebook_dir.
-
-    Called when a config is loaded and again by render.py (a ClusterConfig can be built in code).
-    """
-    lines = [*(values.get("setup") or ()),
-             *(line for p in values.get("profiles") or () for line in p.setup or ())]
-    for line in lines:
-        if _CONTROL_RE.search(line):
-            raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")
-        if (len(line) - len(line.rstrip("\\"))) % 2:
-            # a line continuation: bash's eval would read the script's next line to finish it
-            raise ConfigError(f"{where}: setup line {line!r} must be one line (it ends in a backslash)")
-    directives = [("extra_directives", d) for d in values.get("extra_directives") or ()]
-    directives += [(f"profiles.{p.name}.directives", d) for p in values.get("profiles") or ()
-                   for d in p.directives]
-    for key, d in directives:
-        if not _DIRECTIVE_RE.match(d):
-            raise ConfigError(
-                f"{where}: {key} entry {d!r} is not a plain option: use --name, --name=VALUE, "
-                "-x or -x VALUE, VALUE of letters, digits and ._:=/@+,%- (no quotes, spaces or newlines)"
-            )
-    python = values.get("python", "python3")
-    if not python or len(python) > 4096 or python.startswith("-") or _CONTROL_RE.search(python):
-        raise ConfigError(
-            f"{where}: python {python!r} must be a command name or path: one line of 1..4096 "
-            "characters, not starting with '-'"
-        )
-    nb = values.get("notebook_dir")
-    if nb is not None and (not nb or len(nb) > 4096 or _CONTROL_RE.search(nb) or "\t" in nb):
-        raise ConfigError(f"{where}: notebook_dir {nb!r} must be a path of 1..4096 characters, one line")
 
 
 def _finish(name: str, values: dict[str, Any], where: str, source: str) -> ClusterConfig:
@@ -286,6 +251,8 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
         if v is not None and not NAME_RE.match(v):
             raise ConfigError(f"{where}: {key} {v!r} must be {NAME_RULE}")
     values["profiles"] = profile_tables.build(values.get("profiles", {}))
+    values["apps"] = app_tables.build(values.get("apps", {}), where)
+    app_tables.pick(values["apps"], values.get("app", "jupyter"), values.get("tunnel", "direct"), where)
     values["resources"] = tuple(sorted(values.get("resources", {}).items()))
     values["persist"] = persist.parse(values.get("persist", persist.DEFAULT), where)
     values["ports"] = tuple(dict.fromkeys(values.get("ports", ())))
@@ -365,6 +332,8 @@ def _build(name: str, user: _UserConfig, sites: dict[str, Path]) -> ClusterConfi
             values = _site_cluster(base_name, sites[base_name])
         if "profiles" in table:  # a user's profiles add to the site's, key by key
             table["profiles"] = profile_tables.merge(values.get("profiles", {}), table["profiles"])
+        if "apps" in table:  # and their apps too
+            table["apps"] = profile_tables.merge(values.get("apps", {}), table["apps"])
         values.update(table)
         values["extends"] = base_name
         return _finish(name, values, where, str(user.file))

@@ -86,10 +86,22 @@ class Handshake:
     base_url: str = "/"
     walltime_end: float | None = None
     started: float | None = None
+    # What runs (hpcnb.apps) and how: older jobs wrote none of these (Jupyter, JupyterLab's /lab).
+    app: str = "jupyter"
+    login: str = "token"  # token: the URL carries it; password: the user types it (self.token)
+    ready: str = "/api/status"  # what answers through the tunnel once it serves
+    url_path: str = "/lab"
 
-    def url(self, local_port: int, path: str = "lab") -> str:
-        base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-        return f"http://127.0.0.1:{local_port}{base}{path}?token={quote(self.token, safe='')}"
+    def url(self, local_port: int) -> str:
+        """What the browser opens: Jupyter's carries its token; a password app's does not."""
+        base = self.base_url.rstrip("/")
+        url = f"http://127.0.0.1:{local_port}{base}{self.url_path}"
+        return f"{url}?token={quote(self.token, safe='')}" if self.login == "token" else url
+
+    @property
+    def password(self) -> str | None:
+        """The password the user types into the app's login page (code-server, RStudio)."""
+        return self.token if self.login == "password" else None
 
 
 def parse_handshake(data: bytes, job_id: str) -> Handshake:
@@ -111,6 +123,10 @@ def parse_handshake(data: bytes, job_id: str) -> Handshake:
             base_url=str(doc.get("base_url") or "/"),
             walltime_end=_float(doc.get("walltime_end")),
             started=_float(doc.get("started")),
+            app=str(doc.get("app") or "jupyter"),
+            login="password" if doc.get("login") == "password" else "token",
+            ready=_path(doc.get("ready"), "/api/status"),
+            url_path=_path(doc.get("url_path"), "/lab"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise HpcnbError(
@@ -126,6 +142,13 @@ def parse_ended(data: bytes) -> int | None:
     except (ValueError, AttributeError):
         return None
     return code if isinstance(code, int) else None
+
+
+def _path(value: object, default: str) -> str:
+    """A URL path from the job's file; anything odd (a full URL, spaces) is the default."""
+    if isinstance(value, str) and re.match(r"^/[A-Za-z0-9._~/%-]{0,200}\Z", value):
+        return value
+    return default
 
 
 def _float(value: object) -> float | None:

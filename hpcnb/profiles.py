@@ -139,7 +139,8 @@ def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
 
 def merge(base: Mapping[str, dict[str, Any]], over: Mapping[str, dict[str, Any]]
           ) -> dict[str, dict[str, Any]]:
-    """A user's profiles over a site's: new names are added, known ones changed key by key."""
+    """A user's tables over a site's (profiles, apps): new names are added, known ones changed key
+    by key."""
     merged = {name: dict(values) for name, values in base.items()}
     for name, values in over.items():
         merged.setdefault(name, {}).update(values)

@@ -22,10 +22,12 @@ from typing import Any
 import jinja2
 
 from hpcnb import paths
-from hpcnb.config import ClusterConfig, check_script_values
+from hpcnb.apps import pick
+from hpcnb.config import ClusterConfig
 from hpcnb.errors import ConfigError, UsageError
 from hpcnb.request import JobRequest
 from hpcnb.schedulers import SCHEDULERS, Scheduler, get_scheduler
+from hpcnb.script_values import check_script_values
 
 LAUNCHER = "launcher.py"
 DELIMITER = "HPCNB_LAUNCHER_EOF"
@@ -64,7 +66,7 @@ def environment(cfg: ClusterConfig) -> jinja2.Environment:
 
 def _check_cfg(cfg: ClusterConfig) -> None:
     """Config values that reach the script, checked again: a ClusterConfig can be built in code."""
-    keys = ("setup", "extra_directives", "profiles", "python", "notebook_dir")
+    keys = ("setup", "extra_directives", "profiles", "apps", "python", "notebook_dir")
     values = {key: getattr(cfg, key) for key in keys}
     check_script_values(values, f"{cfg.source} [{cfg.name}]")
 
@@ -77,6 +79,7 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler: Scheduler 
         except ValueError as exc:
             raise ConfigError(f"no job-script template: {exc}") from None
     _check_cfg(cfg)
+    app = pick(cfg.apps, request.app, cfg.tunnel)
     env = environment(cfg)
     try:
         launcher, launcher_path, _ = env.loader.get_source(env, LAUNCHER)  # type: ignore[union-attr]
@@ -92,7 +95,8 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler: Scheduler 
         request=request,
         job=scheduler.job_values(cfg, request),
         flags=scheduler.flags(cfg),
-        setup=cfg.setup if request.setup is None else request.setup,
+        setup=(*(cfg.setup if request.setup is None else request.setup), *app.setup),
+        app=app,
         launcher_source=launcher,
         delimiter=DELIMITER,
     )

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hpcnb.apps import pick
 from hpcnb.errors import UsageError
 from hpcnb.names import NAME_RE, NAME_RULE
 from hpcnb.profiles import job_resources
@@ -56,6 +57,7 @@ class JobRequest:
     setup: tuple[str, ...] | None = None  # the profile's own setup lines (None: the cluster's)
     gpu_type: str | None = None
     ntasks: bool = True  # Slurm: --ntasks=1 (a profile may leave it out: ARCHER2's GPU nodes)
+    app: str = "jupyter"  # what the job starts (hpcnb.apps)
 
 
 def _refuse(flag: str, value: Any, allowed: str) -> UsageError:
@@ -237,6 +239,7 @@ def build_request(
     gpus: int | str | None = None,
     name: str | None = None,
     notebook_dir: str | None = None,
+    app: str | None = None,
 ) -> JobRequest:
     """Validate the user's values (falling back to cfg's defaults) into a JobRequest. A partition
     that names one of the site's profiles (hpcnb.profiles) brings that profile's recipe, defaults
@@ -266,4 +269,5 @@ def build_request(
         gpu_type=profile.gpu_type if profile and n_gpus else None,
         directives=profile.directives if profile else (),
         ntasks=profile.ntasks if profile else True,
+        app=pick(cfg.apps, cfg.app if app is None else app, cfg.tunnel).name,
     )

@@ -57,6 +57,9 @@ def site_details(name: str) -> dict[str, Any]:
                       "max_gpus": p.max_gpus, "max_hours": p.max_hours or cfg.max_hours,
                       "refuse": list(p.refuse), "docs": p.docs, "summary": summary(p)}
                      for p in cfg.profiles],
+        "app": cfg.app,
+        "apps": [{"name": a.name, "description": a.description, "login": a.login,
+                  "socket": a.is_jupyter or bool(a.socket_command), "docs": a.docs} for a in cfg.apps],
     }
 
 

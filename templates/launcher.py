@@ -7,15 +7,19 @@ It reads ONLY os.environ (HPCNB_* set by the body), uses only the standard libra
 on the node's python3 >= 3.6 (old system Pythons exist on clusters): no walrus, no generics.
 
 What it does (the job <-> hpcnb handshake, docs/architecture.md "The handshake"):
-  token -> 0600 file; bind address per tunnel mode; start Jupyter (argv list, token in env only);
-  poll GET /api until it answers; write connection.json atomically (0600); forward
-  SIGTERM/SIGINT/SIGHUP to Jupyter; on any exit write `ended`.
+  token -> 0600 file; bind address per tunnel mode; start Jupyter, or the app of HPCNB_APP (a
+  recipe from hpcnb/apps.py: argv words with {host} {port} {socket} {session} {dir} {user}, the
+  token in the recipe's secret_env, in the environment only); poll its readiness URL until it
+  answers; write connection.json atomically (0600); forward SIGTERM/SIGINT/SIGHUP to it; on any
+  exit write `ended`.
 """
 
 import errno
 import http.client
 import json
 import os
+import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -28,6 +32,7 @@ import time
 BIND_ATTEMPTS = 3  # a free port can be taken between our probe and Jupyter's bind
 STOP_GRACE_S = 20.0  # Jupyter shuts kernels down on SIGTERM; Slurm's KillWait default is 30 s
 SOCK_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+PLACEHOLDER_RE = re.compile(r"\{(host|port|socket|session|dir|user)\}")
 
 
 class Fatal(Exception):
@@ -62,6 +67,10 @@ class Launcher:
         self.job_id = env["HPCNB_JOB_ID"]
         self.tunnel = env.get("HPCNB_TUNNEL", "direct")
         self.jupyter = env.get("HPCNB_JUPYTER", "lab")
+        # The app's recipe (hpcnb/apps.py); no command: Jupyter, started by this file's own rules.
+        self.recipe = json.loads(env.get("HPCNB_APP") or "{}")  # type: dict
+        self.command = list(self.recipe.get("command") or [])  # type: list
+        self.label = self.recipe.get("name", "app") if self.command else "Jupyter"
         self.notebook_dir = env.get("HPCNB_NOTEBOOK_DIR", "")
         self.bind_host = env.get("HPCNB_BIND_HOST", "")
         self.start_timeout = float(env.get("HPCNB_START_TIMEOUT", "300"))
@@ -81,7 +90,7 @@ class Launcher:
         if not self.stop_signal:
             self.stop_signal = signum
             self.stop_at = time.monotonic()
-            log(f"got signal {signal.Signals(signum).name}, stopping Jupyter")
+            log(f"got signal {signal.Signals(signum).name}, stopping {self.label}")
         if self.proc is not None and self.proc.poll() is None:
             # Jupyter's SIGINT handler asks for confirmation on a tty; SIGTERM always shuts down.
             self.proc.send_signal(signal.SIGTERM)
@@ -153,7 +162,17 @@ class Launcher:
         major = str(getattr(notebook, "__version__", "7")).split(".")[0]
         return "NotebookApp" if major.isdigit() and int(major) < 7 else "ServerApp"
 
+    def app_argv(self, host: str, port: int, sock: str) -> list:
+        """The recipe's words with its placeholders filled (nothing else in them is touched)."""
+        words = self.recipe.get("socket_command") if sock else self.command
+        root = os.path.expanduser(self.notebook_dir) if self.notebook_dir else os.path.expanduser("~")
+        values = {"host": host, "port": str(port), "socket": sock, "session": self.session,
+                  "dir": root, "user": pwd.getpwuid(os.getuid()).pw_name}
+        return [PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], word) for word in words]
+
     def argv(self, host: str, port: int, sock: str) -> list:
+        if self.command:
+            return self.app_argv(host, port, sock)
         exe = shutil.which("jupyter")
         argv = [exe] if exe else [sys.executable, "-m", "jupyter"]
         app = self.app()
@@ -174,7 +193,9 @@ class Launcher:
 
     def child_env(self, token: str) -> dict:
         env = dict(os.environ)
-        env["JUPYTER_TOKEN"] = token  # never on argv: ps and /proc/*/cmdline are world-readable
+        env.pop("HPCNB_APP", None)
+        # Never on argv: ps and /proc/*/cmdline are world-readable.
+        env[self.recipe.get("secret_env") or "JUPYTER_TOKEN"] = token
         # Per-session runtime dir: nodes sharing $HOME must not clean up each other's files.
         runtime = os.path.join(self.session, "runtime")
         os.makedirs(runtime, mode=0o700, exist_ok=True)
@@ -182,10 +203,13 @@ class Launcher:
         return env
 
     def answers(self, host: str, port: int, sock: str) -> bool:
+        """Jupyter: GET /api is 200. An app: its readiness path answers below 400 (a login page's
+        redirect counts: it serves)."""
         conn = UnixHTTPConnection(sock) if sock else http.client.HTTPConnection(host, port, timeout=2)
         try:
-            conn.request("GET", "/api")
-            return conn.getresponse().status == 200
+            conn.request("GET", self.recipe.get("ready", "/api") if self.command else "/api")
+            status = conn.getresponse().status
+            return status < 400 if self.command else status == 200
         except (OSError, http.client.HTTPException):
             return False
         finally:
@@ -214,7 +238,7 @@ class Launcher:
             try:
                 return self.proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                log(f"Jupyter ignored SIGTERM for {STOP_GRACE_S:.0f} s: killing it")
+                log(f"{self.label} ignored SIGTERM for {STOP_GRACE_S:.0f} s: killing it")
                 self.proc.kill()
         return self.proc.wait()
 
@@ -235,8 +259,16 @@ class Launcher:
             "tunnel": self.tunnel,
             "jupyter": self.jupyter,
             "base_url": "/",
+            # How hpcnb checks it through the tunnel and what the browser opens (hpcnb/apps.py).
+            "app": self.recipe.get("name", "jupyter") if self.command else "jupyter",
+            "login": self.recipe.get("login", "token") if self.command else "token",
+            "ready": self.recipe.get("ready", "/") if self.command else "/api/status",
+            "url_path": self.recipe.get("url_path", "/") if self.command else self.jupyter_path(),
         }
         write_private(os.path.join(self.session, "connection.json"), json.dumps(info, indent=1))
+
+    def jupyter_path(self) -> str:
+        return "/lab" if self.jupyter == "lab" else "/tree"
 
     def write_ended(self, exit_code: int, reason: str) -> None:
         info = {
@@ -253,7 +285,7 @@ class Launcher:
 
     # ------------------------------------------------------------ main
     def start(self, token: str) -> "tuple":
-        """Start Jupyter until it answers. Returns (host, port, sock)."""
+        """Start Jupyter (or the app) until it answers. Returns (host, port, sock)."""
         deadline = time.monotonic() + self.start_timeout
         env = self.child_env(token)
         for attempt in range(1, BIND_ATTEMPTS + 1):
@@ -274,16 +306,15 @@ class Launcher:
                 return host, port, sock
             if state == "timeout":
                 self.stop()
-                raise Fatal(
-                    f"Jupyter did not answer within {self.start_timeout:.0f} s (HPCNB_START_TIMEOUT)", 124
-                )
+                waited = f"{self.start_timeout:.0f} s (HPCNB_START_TIMEOUT)"
+                raise Fatal(f"{self.label} did not answer within {waited}", 124)
             if state == "stopped":
-                raise Fatal("stopped by signal before Jupyter was ready", 128 + self.stop_signal)
+                raise Fatal(f"stopped by signal before {self.label} was ready", 128 + self.stop_signal)
             code = self.proc.returncode
             if not sock and attempt < BIND_ATTEMPTS and self.port_taken(host, port):
-                log(f"port {port} was taken before Jupyter could bind it; retrying")
+                log(f"port {port} was taken before {self.label} could bind it; retrying")
                 continue
-            raise Fatal(f"Jupyter exited with code {code} before it was ready (see above)", code or 1)
+            raise Fatal(f"{self.label} exited with code {code} before it was ready (see above)", code or 1)
         raise Fatal(f"no free port after {BIND_ATTEMPTS} attempts")
 
     def run(self) -> int:
@@ -313,7 +344,7 @@ class Launcher:
                 if self.stop_signal and time.monotonic() - self.stop_at > STOP_GRACE_S:
                     code = self.stop()
                     break
-        reason = "stopped by signal" if self.stop_signal else "Jupyter exited"
+        reason = "stopped by signal" if self.stop_signal else f"{self.label} exited"
         log(f"{reason} (exit code {code})")
         self.write_ended(code, reason)
         return code

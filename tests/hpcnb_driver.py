@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-URL_RE = re.compile(r"^http://127\.0\.0\.1:(\d+)/lab\?token=(\S+)$")
+URL_RE = re.compile(r"^http://127\.0\.0\.1:(\d+)/(?:lab\?token=\S+|[^?\s]*)$")  # Jupyter's, or an app's
 
 
 class Hpcnb:
@@ -69,7 +69,7 @@ class Attached:
         match = URL_RE.match(self.url)
         assert match, f"not a tunnel URL: {self.url!r}"
         self.port = int(match.group(1))
-        self.token = parse_qs(urlparse(self.url).query)["token"][0]
+        self.token = parse_qs(urlparse(self.url).query).get("token", [""])[0]  # "": a password app
         self.base = f"http://127.0.0.1:{self.port}"
 
     def _drain_stderr(self) -> None:
@@ -93,6 +93,18 @@ class Attached:
 
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
+
+    def password(self) -> str:
+        """What attach said an app's login page wants ("<app> password: X", on stderr)."""
+        deadline = time.monotonic() + 10  # stderr is read by another thread
+        while True:
+            found = [line.split(" password: ", 1)[1].strip() for line in self.stderr_lines
+                     if " password: " in line]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert found, f"attach said no password; stderr:\n{self.stderr()}"
+        return found[0]
 
     def __enter__(self) -> Attached:
         return self
@@ -163,6 +175,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (apps = { code-server = { setup = [...] } })
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
@@ -286,3 +300,13 @@ def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     return pids
+
+
+def argvs() -> dict[int, bytes]:
+    """Every process on this machine (the testbed's hosts share its pid namespace): pid -> its argv
+    as /proc shows it to anyone (NUL-separated). Where a secret must never be."""
+    out = {}
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            out[int(path.parent.name)] = path.read_bytes()
+    return out

@@ -106,6 +106,8 @@ def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTi
         with session.tunnel(port, extra_ports=ports) as tunnel:
             ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
             click.echo(tunnel.url)
+            if tunnel.password is not None:  # stderr: stdout's lines are URLs, for scripts
+                say(f"{tunnel.app} password: {tunnel.password}")
             for node_port, local_port in tunnel.extra.items():
                 click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
             sys.stdout.flush()
@@ -147,6 +149,8 @@ def _wait(session: Session, ticker: StatusTicker, desk: Desktop | None = None) -
 @click.option("--gpus", help="GPUs.")
 @click.option("--name", help="Job name [default: hpcnb].")
 @click.option("--notebook-dir", help="Folder on the cluster Jupyter opens in [default: home].")
+@click.option("--app", help="What to start: jupyter, code-server, rstudio or a config's own "
+              "[default: the config's app, else jupyter]; `hpcnb sites NAME` lists them.")
 @port_option
 @no_browser_option
 @click.option("--no-attach", is_flag=True, help="Return once the notebook is ready.")
@@ -155,15 +159,17 @@ def _wait(session: Session, ticker: StatusTicker, desk: Desktop | None = None) -
 @accept_key_option
 def submit(cluster: str | None, partition: str | None, hours: str | None, time_: str | None,
            account: str | None, cpus: str | None, mem: str | None, gpus: str | None,
-           name: str | None, notebook_dir: str | None, port: int | None, no_browser: bool,
-           no_attach: bool, dry_run: bool, desktop: bool | None, accept_new_host_key: bool) -> None:
+           name: str | None, notebook_dir: str | None, app: str | None, port: int | None,
+           no_browser: bool, no_attach: bool, dry_run: bool, desktop: bool | None,
+           accept_new_host_key: bool) -> None:
     """Submit a notebook job, wait for it, tunnel to it and open the browser."""
     from hpcnb.cli.status import StatusTicker
 
     ticker, desk = StatusTicker(), Desktop(desktop)
     target = _cluster(cluster, accept_new_host_key, notify=ticker.note, desk=desk)
     request = target.request(partition=partition, hours=hours, time=time_, account=account,
-                             cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir)
+                             cpus=cpus, mem=mem, gpus=gpus, name=name, notebook_dir=notebook_dir,
+                             app=app)
     if dry_run:
         _say_profile(target, request.profile)
         click.echo(target.script(request), nl=False)

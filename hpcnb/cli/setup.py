@@ -101,6 +101,9 @@ def _site(name: str, as_json: bool) -> None:
         click.echo("")
         print_table([[p["name"], p["summary"], p["description"] or ""] for p in site["profiles"]],
                     ["PROFILE", "RESOLVES TO", "DESCRIPTION"])
+    click.echo("")
+    print_table([[a["name"] + (" (default)" if a["name"] == site["app"] else ""), a["login"],
+                  a["description"] or ""] for a in site["apps"]], ["APP (--app)", "LOGIN", "DESCRIPTION"])
     if site["unverified"]:
         click.echo("\nnot verified against the site's documentation (check before relying on it):")
         for item in site["unverified"]:

@@ -6,9 +6,9 @@ import os
 import shutil
 import time
 
-from . import accounts, conffiles, net, openpbs, openpbs_build, services, sge
+from . import accounts, code_server, conffiles, net, openpbs, openpbs_build, services, sge
 from .proc import TestbedError, read_pid, stop_pid
-from .topology import HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT, SGE_PREFIX
+from .topology import CODE_SERVER_PREFIX, HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT, SGE_PREFIX
 
 # Stopped in this order: the entry points first, the databases last.
 DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES), *sge.DAEMONS,
@@ -32,6 +32,9 @@ def up() -> None:
     unpack_s = sge.ensure_installed()
     if unpack_s is not None:
         print(f"gridengine: unpacked in {unpack_s:.1f} s")
+    install_s = code_server.ensure_installed()
+    if install_s is not None:
+        print(f"code-server: installed in {install_s:.0f} s")
     net.up()
     services.start_all()
     services.check_laptop_view()
@@ -79,6 +82,7 @@ def status() -> int:
     print(f"venv             {'ready' if accounts.venv_ready() else 'missing'}")
     print(f"openpbs build    {'ready' if openpbs_build.built() else 'missing'} ({OPENPBS_PREFIX})")
     print(f"gridengine       {'ready' if sge.installed() else 'missing'} ({SGE_PREFIX})")
+    print(f"code-server      {'ready' if code_server.installed() else 'missing'} ({CODE_SERVER_PREFIX})")
     return 0 if len(running) == len(DAEMONS) else 3
 
 

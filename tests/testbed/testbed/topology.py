@@ -106,6 +106,8 @@ def pbs_home(host: Host) -> Path:
 # (tests/testbed/testbed/sge.py). The .debs themselves come from `apt-get download` (.ci/run).
 SGE_DEBS = Path("/opt/hpcnb-testbed/gridengine-debs")
 SGE_PREFIX = Path("/opt/hpcnb-testbed/gridengine")
+# code-server from the npm registry, for `--app code-server` (testbed/code_server.py)
+CODE_SERVER_PREFIX = Path("/opt/hpcnb-testbed/code-server")
 # The cell: $SGE_ROOT/default/common (bootstrap, act_qmaster, accounting) is shared by all hosts, as
 # on a cluster (../shared/gridengine/README.md fact 3); qmaster's spool and each execd's are here too.
 SGE_ROOT = ROOT / "sge"
