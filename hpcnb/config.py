@@ -96,6 +96,7 @@ class ClusterConfig:
     ports: tuple[int, ...] = ()  # the node's other ports forwarded beside the notebook (8787, 6006)
     notify: bool = True  # desktop notifications: a queued notebook ready, the walltime warning
     app: str = "jupyter"  # what a job starts unless --app says otherwise (hpcnb.apps)
+    node_access: str = "ssh"  # how `hpcnb ssh` reaches a job's node: "ssh", or "scheduler" (srun --overlap)
     apps: tuple[App, ...] = app_tables.BUILT_IN_APPS  # the recipes: built-in, the site's, the user's
 
     @property
@@ -165,7 +166,7 @@ _KEYS: dict[str, str] = {
     "account_flag": "str", "gpu_flag": "str", "pbs_resources": "str", "pbs_flavour": "str",
     "account_example": "str", "jupyter_env": "str", "unverified": "strlist", "profiles": "table",
     "resources": "resources", "persist": "persist", "ssh_backend": "str",
-    "ports": "ports", "notify": "bool", "app": "str", "apps": "apps",
+    "ports": "ports", "notify": "bool", "app": "str", "apps": "apps", "node_access": "str",
 }  # fmt: skip
 _PATH_KEYS = ("identity_file", "known_hosts", "template_dir")
 _USER_TOP_KEYS = ("default_cluster", "clusters")
@@ -257,6 +258,7 @@ def _finish(name: str, values: dict[str, Any], where: str, source: str) -> Clust
     values["persist"] = persist.parse(values.get("persist", persist.DEFAULT), where)
     values["ports"] = tuple(dict.fromkeys(values.get("ports", ())))
     _one_of(values.setdefault("ssh_backend", "paramiko"), ("paramiko", "openssh"), "ssh_backend", where)
+    _one_of(values.get("node_access", "ssh"), ("ssh", "scheduler"), "node_access", where)
     check_script_values(values, where)
     for key, attribute in FLAG_KEYS.items():
         choices: tuple[str, ...] = getattr(SCHEDULER_CLASSES[sched], attribute)

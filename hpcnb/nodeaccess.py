@@ -7,6 +7,9 @@ The stream takes the same route and login as the tunnel: through the keeper when
 direct-tcpip channel of this command's own login. The node's own sshd then authenticates the user
 by key, as `ssh node` on the login host would, and its host key is checked strictly under the
 node's name (the cluster's known_hosts, then the user's).
+
+Where a site allows no SSH to compute nodes (node_access = "scheduler"), `hpcnb ssh` steps into
+the job through the scheduler instead (step_in; hpcnb.terminal).
 """
 
 from __future__ import annotations
@@ -87,3 +90,27 @@ def ssh_argv(cluster: Any, node: str, command: Sequence[str], *, tty: bool,
         argv += ["-i", cfg.identity_file]
     # The command's words as ssh takes them: joined, for the node's shell (as `ssh node CMD`).
     return [*argv, "-t" if tty else "-T", "--", node, *command]
+
+
+def step_in(cluster: Any, job_id: str, command: tuple[str, ...]) -> int | list[str]:
+    """`hpcnb ssh` through the scheduler: the command's exit status, or (OpenSSH backend) the
+    `ssh -t` argv to exec, which does the terminal itself over the master."""
+    from hpcnb import terminal
+    from hpcnb.remote import shell_command
+
+    running_node(cluster, job_id)
+    scheduler = cluster.scheduler
+    pty = terminal.Pty.here() if terminal.wants_pty(command) else None
+    argv = scheduler.step_in_argv(job_id, command, pty is not None)
+    if argv is None:
+        raise UsageError(f"{cluster.name} has node_access = \"scheduler\", but {scheduler.name} cannot step "
+                         f"into a running job from the login host: {scheduler.step_in_refusal}",
+                         hint='that needs SSH to the job\'s node: node_access = "ssh"')
+    line = shell_command(argv)
+    remote = cluster.remote
+    if cluster.openssh:
+        remote.ensure_master()
+        return [remote.ssh, *remote.options, "-t" if pty else "-T", "--", remote.host, line]
+    status = remote.run_terminal(line, pty) if cluster.kept else \
+        terminal.run_on_channel(remote.login().transport, line, pty)
+    return 255 if status < 0 else status  # no status: the channel closed first (ssh says 255)

@@ -10,6 +10,7 @@ import click
 
 from hpcnb.cli.options import accept_key_option, cluster_option, job_id_argument
 from hpcnb.cli.output import say
+from hpcnb.errors import UsageError
 
 
 @click.command("ssh", context_settings={"ignore_unknown_options": True})
@@ -24,15 +25,23 @@ def ssh_(ctx: click.Context, job_id: str, command: tuple[str, ...], cluster: str
 
     Over the same route and login as the tunnel (the kept connection where there is one), with
     the system ssh: terminal size and Ctrl-C behave as in `ssh -t`. The node's host key is
-    checked as for any ssh (--accept-new-host-key trusts one seen for the first time).
+    checked as for any ssh (--accept-new-host-key trusts one seen for the first time). Where the
+    site allows no SSH to compute nodes, node_access = "scheduler" steps into the job instead
+    (Slurm: srun --jobid --overlap --pty), over the same login.
     """
     from hpcnb import nodeaccess
     from hpcnb.cluster import Cluster
 
     with Cluster(cluster, accept_new_host_key=accept_new_host_key) as c:
-        node = nodeaccess.running_node(c, job_id)
-        argv = nodeaccess.ssh_argv(c, node, command, tty=not command or sys.stdin.isatty(),
-                                   accept_new_host_key=accept_new_host_key)
+        if c.cfg.node_access == "scheduler":
+            stepped = nodeaccess.step_in(c, job_id, command)
+            if isinstance(stepped, int):
+                ctx.exit(stepped)
+            argv = stepped
+        else:
+            node = nodeaccess.running_node(c, job_id)
+            argv = nodeaccess.ssh_argv(c, node, command, tty=not command or sys.stdin.isatty(),
+                                       accept_new_host_key=accept_new_host_key)
     if os.name == "posix":
         os.execvp(argv[0], argv)  # ssh owns the terminal and the exit status from here
     ctx.exit(subprocess.call(argv))
@@ -71,6 +80,9 @@ def code(job_id: str, cluster: str | None, folder: str | None, yes: bool, accept
     from hpcnb.cluster import Cluster
 
     with Cluster(cluster, accept_new_host_key=accept_new_host_key) as c:
+        if c.cfg.node_access == "scheduler":
+            raise UsageError(f"VS Code's Remote-SSH needs SSH to the job's node, and {c.name} has "
+                             'node_access = "scheduler"', hint=f"hpcnb ssh {job_id} steps into the job")
         node = nodeaccess.running_node(c, job_id)
         argv = nodeaccess.ssh_argv(c, node, (), tty=False, accept_new_host_key=accept_new_host_key)
         tidy_code_hosts(c)

@@ -9,10 +9,12 @@ No paramiko is imported on this side.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import hashlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -166,13 +168,31 @@ class KeptRemote:
 
     def open_stream(self, host: str, port: int) -> socket.socket:
         """A raw byte stream to host:port as seen from the login host, carried by the keeper."""
+        return self._raw({"op": "stream", "host": host, "port": port})
+
+    def run_terminal(self, command: str, pty: Any) -> int:
+        """COMMAND (one shell line) on the login host joined to this terminal (hpcnb.terminal);
+        its exit status. The keeper holds the channel; window sizes and the status go by its id."""
+        from hpcnb import terminal
+
+        ident = secrets.token_hex(8)
+        raw = self._raw({"op": "command", "command": command, "id": ident,
+                         "pty": None if pty is None else dataclasses.asdict(pty)})
+        try:
+            terminal.join(raw, pty, lambda cols, rows: self.request(
+                {"op": "resize", "id": ident, "cols": cols, "rows": rows}, timeout=10.0))
+        finally:
+            raw.close()
+        return int(self.request({"op": "exited", "id": ident}, timeout=30.0)["status"])
+
+    def _raw(self, message: dict[str, Any]) -> socket.socket:
+        """Send a request whose answer turns the line into raw bytes both ways: that socket."""
         if self.endpoint.family != "AF_UNIX":
             raise KeeperError("a stream through the keeper needs a unix socket (not on Windows)",
                               hint='set persist = "no" for this cluster')
         conn = self.connect()
         try:
-            wire.send(conn, {"op": "stream", "key": self.key, "can_prompt": can_prompt(),
-                             "host": host, "port": port})
+            wire.send(conn, {**message, "key": self.key, "can_prompt": can_prompt()})
             reply = self._replies(conn, LOGIN_ALLOWANCE_S)
             wire.raise_error(reply)
             return socket.socket(fileno=os.dup(conn.fileno()))  # the same socket, unframed now

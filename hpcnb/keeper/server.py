@@ -3,7 +3,9 @@
 Requests (one per client connection, hpcnb.keeper.wire): `hello` (what it holds), `run` (a command
 on the login host), `read` (a file), `forward` (a tunnel: the keeper listens on 127.0.0.1 and
 forwards into SSH itself, like `ssh -O forward`, so the bytes are encrypted once on the laptop and
-the port outlives a reconnect), `logout`.
+the port outlives a reconnect), `stream` (raw bytes to a host:port, for `hpcnb proxy`), `command`
+(a command with the caller's terminal, for `hpcnb ssh` through the scheduler; `resize` and
+`exited` name it by the caller's id), `logout`.
 
 It logs in on the first request that needs it, with the prompts answered by that command
 (hpcnb.keeper.lines). A dropped connection is made again on the next use, once, with backoff
@@ -62,6 +64,16 @@ class Spec:
         return self.cluster
 
 
+class _OpenUntilStatus:
+    """A channel for splice that its close() leaves open: the caller closes it after the status."""
+
+    def __init__(self, chan: Any) -> None:
+        self.recv, self.sendall, self.shutdown = chan.recv, chan.sendall, chan.shutdown
+
+    def close(self) -> None:
+        pass
+
+
 class Keeper:
     def __init__(self, spec: Spec, endpoint: Endpoint, authkey: bytes) -> None:
         self.spec, self.endpoint, self._authkey = spec, endpoint, authkey
@@ -74,6 +86,9 @@ class Keeper:
         self._active = 0
         self._last_used = time.monotonic()
         self._tunnels: dict[int, dict[str, Any]] = {}
+        self._channels: dict[str, Any] = {}  # `command` requests running, by the caller's id
+        self._exits: dict[str, int] = {}  # and their exit statuses, until `exited` takes them
+        self._exited = threading.Condition(self._state_lock)
         self._stop = threading.Event()
         self._ending = ""  # set when the keeper must end after the current requests are answered
         self.exit_reason = ""
@@ -158,7 +173,8 @@ class Keeper:
             return
         ops: dict[str, Callable[[ClientLine, dict[str, Any]], None]] = {
             "hello": self._hello, "login": self._login_op, "run": self._run, "read": self._read,
-            "forward": self._forward, "stream": self._stream, "logout": self._logout}
+            "forward": self._forward, "stream": self._stream, "command": self._command,
+            "resize": self._resize, "exited": self._exit_status, "logout": self._logout}
         op = ops.get(str(request.get("op")))
         if op is None:
             line.send(wire.error_message(KeeperError(f"unknown request {request.get('op')!r}")))
@@ -252,6 +268,47 @@ class Keeper:
         line.send({"ok": True})
         raw = socket.socket(fileno=os.dup(line.conn.fileno()))  # the same socket, unframed
         splice(raw, chan, RETRYABLE)
+
+    def _command(self, line: ClientLine, request: dict[str, Any]) -> None:
+        """A command on the login host on a session channel, with a pty of the caller's size when
+        it asks for one; after the answer, raw bytes both ways until the command ends."""
+        ident, pty = str(request.get("id") or ""), request.get("pty")
+        chan = self.login(line).transport.open_session(timeout=30)
+        status = -1
+        try:
+            if isinstance(pty, dict):
+                chan.get_pty(term=str(pty.get("term") or "xterm"), width=int(pty.get("cols") or 80),
+                             height=int(pty.get("rows") or 24))
+            chan.exec_command(str(request.get("command")))
+            with self._state_lock:
+                self._channels[ident] = chan
+            line.send({"ok": True})
+            # The channel stays open after the bytes: sshd may send the exit status after its EOF.
+            splice(socket.socket(fileno=os.dup(line.conn.fileno())), _OpenUntilStatus(chan), RETRYABLE)
+            if chan.status_event.wait(10):
+                status = chan.exit_status
+        finally:
+            chan.close()
+            with self._state_lock:
+                self._channels.pop(ident, None)
+                self._exits[ident] = status
+                self._exited.notify_all()
+
+    def _resize(self, line: ClientLine, request: dict[str, Any]) -> None:
+        with self._state_lock:
+            chan = self._channels.get(str(request.get("id")))
+        if chan is not None:
+            chan.resize_pty(width=int(request.get("cols") or 80), height=int(request.get("rows") or 24))
+        line.send({"ok": True})
+
+    def _exit_status(self, line: ClientLine, request: dict[str, Any]) -> None:
+        ident = str(request.get("id"))
+        with self._state_lock:
+            self._exited.wait_for(lambda: ident in self._exits, timeout=20)
+            status = self._exits.pop(ident, None)
+        if status is None:
+            raise KeeperError("the keeper has no exit status for that command")
+        line.send({"ok": True, "status": status})
 
     def _logout(self, line: ClientLine, _request: dict[str, Any]) -> None:
         line.send({"ok": True})

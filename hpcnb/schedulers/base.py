@@ -124,6 +124,14 @@ class Scheduler(ABC):
     def parse_status(self, stdout: str) -> dict[str, JobStatus]:
         """Jobs the status command printed, by id. Jobs it did not print are simply absent."""
 
+    def step_in_argv(self, job_id: str, command: Sequence[str], tty: bool) -> list[str] | None:
+        """A command on the login host that runs COMMAND (a shell when empty) inside the running
+        job, on its node, for sites without SSH to compute nodes; None: this scheduler has none."""
+        return None
+
+    # Why it cannot step into a running job from the login host (None: it can).
+    step_in_refusal: str | None = "it has no command for it"
+
     def history_argv(self, job_ids: Sequence[str]) -> list[str] | None:
         """A query for jobs that have left the queue (sacct, qstat -x); None if there is none."""
         return None

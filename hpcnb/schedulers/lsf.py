@@ -205,6 +205,7 @@ def status_from_record(record: dict[str, str]) -> JobStatus | None:
 
 class LSFScheduler(Scheduler):
     """IBM Spectrum LSF 10.1 (Fix Pack 2 or later: bjobs -json), from IBM's documentation."""
+    step_in_refusal = "blaunch(1) works only from inside the job"
 
     name = "lsf"
     template = "lsf.sh.j2"

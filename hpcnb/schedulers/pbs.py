@@ -231,6 +231,7 @@ def status_from_attrs(job_id: str, attrs: dict[str, str]) -> JobStatus:
 
 class PBSScheduler(Scheduler):
     """PBS Pro, OpenPBS, Torque, and Slurm's torque wrappers."""
+    step_in_refusal = "pbs_attach(8B) works only on the job's node; qsub -I starts another job"
 
     name = "pbs"
     template = "pbs.sh.j2"

@@ -243,6 +243,7 @@ def status_from_qacct(job_id: str, attrs: dict[str, str]) -> JobStatus:
 
 class SGEScheduler(Scheduler):
     """Son of Grid Engine 8.1 (and the Sun/Oracle 6.2 line it continues)."""
+    step_in_refusal = "qrsh -inherit (qrsh(1)) works only from inside the job"
 
     name = "sge"
     template = "sge.sh.j2"

@@ -229,3 +229,12 @@ class SlurmScheduler(Scheduler):
     def cancel_argv(self, job_id: str) -> list[str]:
         return ["scancel", check_ids([job_id])[0]]
 
+    step_in_refusal = None
+
+    def step_in_argv(self, job_id: str, command: Sequence[str], tty: bool) -> list[str]:
+        """srun(1) of a step in the running job: --overlap shares the resources its notebook
+        holds (Slurm >= 20.11: https://slurm.schedmd.com/srun.html#OPT_overlap), --pty gives
+        the step a terminal. The words are one shell command, as `ssh node CMD` takes them."""
+        argv = ["srun", f"--jobid={check_ids([job_id])[0]}", "--overlap", *(["--pty"] if tty else [])]
+        return [*argv, "bash", "-l", *(["-c", " ".join(command)] if command else [])]
+

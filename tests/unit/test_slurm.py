@@ -234,3 +234,15 @@ def test_unknown_job_live() -> None:
     err = captured("slurm_squeue_unknown_job_22.05.txt")
     assert slurm.is_unknown_job_error(err, 1)
     assert not slurm.controller_unavailable(err, 1)
+
+
+def test_step_in_is_an_overlapping_srun_of_one_shell_line() -> None:
+    slurm = get_scheduler("slurm")
+    assert slurm.step_in_argv("123", (), True) == ["srun", "--jobid=123", "--overlap", "--pty", "bash", "-l"]
+    assert slurm.step_in_argv("123", ("nvidia-smi", "-L"), False) == [
+        "srun", "--jobid=123", "--overlap", "bash", "-l", "-c", "nvidia-smi -L"]
+    with pytest.raises(ValueError):
+        slurm.step_in_argv("1 2", (), True)
+    for name in ("pbs", "sge", "lsf", "local"):
+        other = get_scheduler(name)
+        assert other.step_in_argv("1", (), True) is None and other.step_in_refusal
