@@ -38,8 +38,11 @@ SESSION_DIR_EXIT = 70
 class PollPolicy:
     """How often each source is read, in seconds, per situation."""
 
-    queue_backoff: tuple[float, ...] = (5.0, 10.0, 20.0, 30.0)  # scheduler, waiting to start
-    files_queued: float = 2.0  # connection.json / ended while the job waits to start
+    # The scheduler while the job waits to start: asked at 0, 2, 15, 35, 65 s, ... (four in the
+    # first minute); 2 s sees a job that started at once (an idle debug partition). The job's
+    # files are read only with these queries until the scheduler says it runs.
+    queue_backoff: tuple[float, ...] = (2.0, 13.0, 20.0, 30.0)
+    files_queued: float = 2.0  # the longest sleep while the job waits (files: with each status query)
     files_running: float = 0.25  # ... once it runs: the notebook is about to answer
     start_grace: float = 30.0  # beyond start_timeout before a running job's notebook is given up
     misses: int = 3  # status queries in a row that do not know the job: it is gone
@@ -146,20 +149,25 @@ class JobWatcher:
         status: JobStatus | None = None
         running_since: float | None = None
         ended_asked = False  # the scheduler was asked (once, at once) why the notebook ended
+        ended: int | bool | None = False
         while True:
             now = clock.monotonic()
-            # `ended` first: a stopped notebook leaves its connection.json behind.
-            ended = hs.read_ended(self._remote(), self.files)
-            found = hs.read_handshake(self._remote(), self.files) if ended is False else None
-            if found:
-                on_event(WaitEvent("ready", status, now - started))
-                self.record(replace(status, state=JobState.RUNNING, raw_state="RUNNING") if status
-                            else JobStatus(self.job_id, JobState.RUNNING, "RUNNING"))
-                return found
-            if ended == START_TIMEOUT_EXIT:
-                raise StartTimeout(
-                    f"job {self.job_id}: Jupyter did not answer within {self.start_timeout} s of "
-                    "starting; the job has stopped", hint=logs_hint(self.job_id, self.batch.cluster))
+            # Until the scheduler says the job runs, its files are read only as often as the
+            # scheduler is asked (the shared file system of a busy cluster is not polled more
+            # than its controller); once it runs, often: the notebook is about to answer.
+            if running_since is not None or now >= next_query:
+                # `ended` first: a stopped notebook leaves its connection.json behind.
+                ended = hs.read_ended(self._remote(), self.files)
+                found = hs.read_handshake(self._remote(), self.files) if ended is False else None
+                if found:
+                    on_event(WaitEvent("ready", status, now - started))
+                    self.record(replace(status, state=JobState.RUNNING, raw_state="RUNNING") if status
+                                else JobStatus(self.job_id, JobState.RUNNING, "RUNNING"))
+                    return found
+                if ended == START_TIMEOUT_EXIT:
+                    raise StartTimeout(
+                        f"job {self.job_id}: Jupyter did not answer within {self.start_timeout} s of "
+                        "starting; the job has stopped", hint=logs_hint(self.job_id, self.batch.cluster))
             if now >= next_query or (ended is not False and not ended_asked):
                 ended_asked = ended is not False
                 status = self.status()
@@ -176,7 +184,8 @@ class JobWatcher:
                     f"{self.start_timeout} s",
                     hint=f"the job still runs: `{logs_hint(self.job_id, self.batch.cluster)}`, "
                          f"`hpcnb cancel {self.job_id} --cluster {self.batch.cluster}`")
-            clock.sleep(p.files_running if running_since is not None else p.files_queued)
+            clock.sleep(p.files_running if running_since is not None else
+                        min(p.files_queued, max(0.0, next_query - clock.monotonic())))
 
     def _check_waiting(self, status: JobStatus | None, ended: int | bool | None, misses: int) -> None:
         """Raise if what the scheduler and the `ended` file say means the notebook will not come."""

@@ -114,13 +114,13 @@ def test_wait_ready_returns_the_new_handshake_and_records_running(cluster: Clust
 
     assert found.token == "tok-42" and clock.now == 20
     assert [e.phase for e in events] == ["queued", "queued", "starting", "ready"]
-    assert fake.times("squeue") == [0, 6, 16]
+    assert fake.times("squeue") == [0, 2, 15]
     assert "--user=alice" in fake.calls_to("squeue")[0].argv
     assert session.node == "node01"
     stored = cluster.store.get("tb", "42")
     assert stored is not None and (stored.state, stored.node) == ("running", "node01")
     # Ready now: asked again, it answers at once from connection.json.
-    assert session.wait_ready() == found and fake.times("squeue") == [0, 6, 16]
+    assert session.wait_ready() == found and fake.times("squeue") == [0, 2, 15]
 
 
 # ---- existing sessions ---------------------------------------------------------------------------
