@@ -35,6 +35,41 @@ SOCK_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 PLACEHOLDER_RE = re.compile(r"\{(host|port|socket|session|dir|user)\}")
 
 
+# A Jupyter config file (Python, read by the server at start): TCP_NODELAY on every connection the
+# server accepts, and kept. Tornado turns Nagle's algorithm back on after each HTTP response
+# (http1connection.HTTP1Connection.finish: "leaving the stream in its default state"), the
+# websocket upgrade's 101 included, and jupyter_server's kernel websocket never turns it off
+# (tornado's WebSocketHandler.set_nodelay docs: "100-500ms delays due to the interaction between
+# Nagle's algorithm and TCP delayed ACKs"). Each execute's replies after the first then waited for
+# the peer's delayed ACK: 48 ms a kernel round trip over TCP, 4 over a unix socket (issue 15;
+# tcpdump on the node's loopback shows the hold). HTTPServer.handle_stream is tornado's documented
+# per-connection hook; set_nodelay ignores unix sockets. Jupyter's installed files are not changed.
+NODELAY_CONFIG = """\
+# Written by hpcnb's launcher for this session only (hpcnb's templates/launcher.py, NODELAY_CONFIG).
+# It sets no option, so it overrides none of yours.
+try:
+    from tornado.httpserver import HTTPServer as _HpcnbHTTPServer
+
+    def _hpcnb_keep_nodelay(stream):
+        set_nodelay = stream.set_nodelay
+        set_nodelay(True)
+        stream.set_nodelay = lambda value: set_nodelay(True)
+
+    _hpcnb_handle_stream = _HpcnbHTTPServer.handle_stream
+    if not getattr(_hpcnb_handle_stream, "hpcnb_nodelay", False):
+        def _hpcnb_nodelay_handle_stream(self, stream, address):
+            try:
+                _hpcnb_keep_nodelay(stream)
+            except Exception:
+                pass
+            return _hpcnb_handle_stream(self, stream, address)
+        _hpcnb_nodelay_handle_stream.hpcnb_nodelay = True
+        _HpcnbHTTPServer.handle_stream = _hpcnb_nodelay_handle_stream
+except Exception:
+    pass
+"""
+
+
 class Fatal(Exception):
     """A reason the notebook cannot start; exit_code is what the job exits with."""
 
@@ -196,10 +231,19 @@ class Launcher:
         env.pop("HPCNB_APP", None)
         # Never on argv: ps and /proc/*/cmdline are world-readable.
         env[self.recipe.get("secret_env") or "JUPYTER_TOKEN"] = token
+        if self.command:
+            return env
         # Per-session runtime dir: nodes sharing $HOME must not clean up each other's files.
         runtime = os.path.join(self.session, "runtime")
         os.makedirs(runtime, mode=0o700, exist_ok=True)
         env["JUPYTER_RUNTIME_DIR"] = runtime
+        # One more config folder, with NODELAY_CONFIG (it sets no option: the user's stay).
+        config = os.path.join(self.session, "jupyter-config")
+        os.makedirs(config, mode=0o700, exist_ok=True)
+        for name in ("jupyter_server_config.py", "jupyter_notebook_config.py"):
+            write_private(os.path.join(config, name), NODELAY_CONFIG)
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+            p for p in (config, env.get("JUPYTER_CONFIG_PATH", "")) if p)
         return env
 
     def answers(self, host: str, port: int, sock: str) -> bool:
