@@ -23,7 +23,7 @@ description = "the session folder's files"
 
 
 def environ_of(needle: bytes) -> bytes:
-    [pid] = [pid for pid, argv in argvs().items() if needle in argv]
+    [pid] = [pid for pid, argv in argvs().items() if needle in argv and b"http.server" in argv]
     return Path(f"/proc/{pid}/environ").read_bytes()
 
 
@@ -42,7 +42,7 @@ def test_an_app_from_the_config_runs_with_its_password_in_no_argv(tmp_path: Path
             with urllib.request.urlopen(attached.base + "/hello.txt", timeout=30) as response:
                 assert response.read() == b"hello from the node\n"
             assert [pid for pid, argv in argvs().items() if password.encode() in argv] == []
-            assert f"FILES_PASSWORD={password}".encode() in environ_of(b"http.server")
+            assert f"FILES_PASSWORD={password}".encode() in environ_of(str(home / "work").encode())
         [session] = hpcnb.list_json("here")
         assert (session["job_id"], session["state"]) == (job_id, "running")
     finally:
