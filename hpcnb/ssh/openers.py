@@ -62,10 +62,8 @@ class NotebookRoute:
         # SSH to the node by the name the scheduler and the node itself use (resolved on the login
         # host, like `ssh node01` there); its host key may be known under either name.
         assert self.target.node is not None
-        hop = login.jump(self.target.node, 22, host_key_names=self.target.node_aliases,
-                         accept_new_host_key=self._accept_new)
-        hop.nodelay_far_side()
-        return hop
+        return login.jump(self.target.node, 22, host_key_names=self.target.node_aliases,
+                          accept_new_host_key=self._accept_new)
 
     def _connect(self) -> SSHRemote:
         login = self._connect_login()  # after a drop: a new login connection, then the hop again

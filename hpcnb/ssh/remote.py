@@ -8,7 +8,6 @@ a command that needs the login host twice (a node-ssh tunnel) logs in, and promp
 from __future__ import annotations
 
 import getpass
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -26,8 +25,6 @@ from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTranspor
 # paramiko errors that mean the connection (not our request) failed.
 CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
-
-_log = logging.getLogger("hpcnb.ssh")
 
 class ClusterLike(Protocol):
     """What from_config needs of a ClusterConfig (hpcnb.config), by duck typing."""
@@ -157,23 +154,6 @@ class SSHRemote:
         hop = SSHRemote(transport, host=host, port=port, user=login.user, login=login, parent=self)
         self._children.append(hop)
         return hop
-
-    def nodelay_far_side(self, timeout: float = 10.0) -> None:
-        """Have the sshd at the far end turn Nagle's algorithm off on its side of the connection.
-
-        OpenSSH's sshd sets TCP_NODELAY on its connection only when a session first runs a
-        command (session.c do_exec_pty/do_exec_no_pty -> packet.c ssh_packet_set_interactive, once
-        per connection). A connection that only forwards never does, so each small reply after
-        the first waits in sshd for the ACK of the one before, which the other end delays (~40
-        ms): every kernel round trip in node-ssh mode paid it. One `exit` with no pty does it."""
-        chan = self.transport.open_session(timeout=timeout)
-        try:
-            chan.exec_command("exit 0")
-            chan.status_event.wait(timeout)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            _log.debug("%s: no command for TCP_NODELAY (%s); going on without", self.host, exc)
-        finally:
-            chan.close()
 
     # --- channels ------------------------------------------------------------------------
     def open_tcp(self, host: str, port: int, *, timeout: float = 10.0) -> paramiko.Channel:
