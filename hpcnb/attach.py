@@ -9,7 +9,6 @@ machine); with a keeper (hpcnb.keeper), the keeper serves both ends.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +134,8 @@ def forwarded_far(handshake: Handshake, remote: Any, node: str | None) -> Far:
 def check_answers(local_port: int, handshake: Handshake, timeout: float | None = None) -> None:
     """GET the app's readiness path through the tunnel (Jupyter: /api/status with its token, 200;
     an app: below 400): the URL we print must already work."""
+    import http.client  # here, not at the top: `hpcnb list` imports this module, and never needs it
+
     deadline = time.monotonic() + (ANSWER_TIMEOUT_S if timeout is None else timeout)
     last: Exception | None = None
     jupyter = handshake.app == "jupyter"

@@ -249,23 +249,22 @@ def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_ho
     with _cluster(cluster, accept_new_host_key) as target:
         records = target.sessions(include_ended=include_ended)
         _tidy(target)
-    rows = [{
-        "job_id": r.job_id, "cluster": r.cluster, "name": r.name, "state": r.state,
-        "partition": r.partition, "node": r.node,
-        "time_left": r.time_left_s if r.ended_at is None else None,
-        "submitted_at": r.submitted_at, "tunnel": r.tunnel,
-        # Where the last attach listened: the notebook, and the node's other ports (`ports`).
-        "local_port": r.local_port, "ports": {str(k): v for k, v in r.forwarded().items()},
-    } for r in records]
     if as_json:
-        print_json(rows)
+        print_json([{
+            "job_id": r.job_id, "cluster": r.cluster, "name": r.name, "state": r.state,
+            "partition": r.partition, "node": r.node,
+            "time_left": r.time_left_s if r.ended_at is None else None,
+            "submitted_at": r.submitted_at, "tunnel": r.tunnel,
+            # Where the last attach listened: the notebook, and the node's other ports (`ports`).
+            "local_port": r.local_port, "ports": {str(k): v for k, v in r.forwarded().items()},
+        } for r in records])
         return
-    if not rows:
+    if not records:
         say(f"no {'' if include_ended else 'active '}sessions on {target.name}"
             + ("" if include_ended else " (--all shows ended ones)"))
         return
-    print_table([[r["job_id"], r["cluster"], r["name"] or "", r["state"], r["partition"] or "",
-                  r["node"] or "", duration(r["time_left"])] for r in rows],
+    print_table([[r.job_id, r.cluster, r.name or "", r.state, r.partition or "", r.node or "",
+                  duration(r.time_left_s if r.ended_at is None else None)] for r in records],
                 ["JOB ID", "CLUSTER", "NAME", "STATE", "PARTITION", "NODE", "TIME LEFT"])
 
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 from hpcnb_driver import Hpcnb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcnb import browser
 from hpcnb.cli import output as cli_ui
+from hpcnb.cli.output import table
 
 TESTBED_CONFIG = Path(__file__).resolve().parents[1] / "testbed" / "hpcnb.toml"
 
@@ -155,3 +158,22 @@ def test_is_wsl_reads_proc_version(tmp_path, text, expected):
     version = tmp_path / "version"
     version.write_text(text)
     assert browser.is_wsl(version) is (expected and sys.platform.startswith("linux"))
+
+
+# What hpcnb's tables hold: names, states, hosts, paths; accented and CJK letters (two columns wide).
+_TEXT = st.text(st.sampled_from("abcXYZ019 ._-:/()[]@éüßñ日本語中文\u2013"), max_size=12)
+_CELL = st.one_of(_TEXT.map(str.strip), st.integers(-10**6, 10**9).map(str), st.just(""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda n: st.tuples(
+    st.lists(st.text(st.characters(min_codepoint=65, max_codepoint=90), min_size=1, max_size=10),
+             min_size=n, max_size=n),
+    st.lists(st.lists(_CELL, min_size=n, max_size=n), max_size=6))))
+def test_tables_print_as_tabulate_prints_them(case) -> None:
+    # hpcnb's own renderer (fast: issue 15's `list --all` over 10,000 sessions) against tabulate's
+    # "simple" format, the way hpcnb's tables looked before it.
+    from tabulate import tabulate
+
+    headers, rows = case
+    assert table(rows, headers) == tabulate(rows, headers=headers)
