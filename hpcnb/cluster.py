@@ -31,6 +31,8 @@ from hpcnb.schedulers import JobStatus, get_scheduler
 from hpcnb.session import Session
 from hpcnb.store import ENDED, SessionRecord, Store
 
+LOOK_LIMIT = 200  # session folders asked about when looking on the cluster (the newest)
+
 Notify = Callable[[str], None]
 
 
@@ -105,6 +107,9 @@ class Cluster:
             from hpcnb.paths import state_dir
 
             self._store = Store((self._state_dir or state_dir()) / "sessions.db")
+            if self._store.moved_aside is not None:
+                self.notify(f"the session store was damaged: kept as {self._store.moved_aside}; "
+                            "a new one finds your sessions on the cluster again")
         return self._store
 
     def close(self) -> None:
@@ -199,6 +204,10 @@ class Cluster:
     def sessions(self, *, include_ended: bool = False) -> list[SessionRecord]:
         """This laptop's sessions on the cluster, newest first, refreshed by one scheduler query for
         all those still active."""
+        if self.store.needs_look(self.name):
+            if not self.store.list(self.name, limit=1):  # a new laptop, a lost or damaged store
+                self._look_on_cluster()
+            self.store.looked(self.name)
         active = self.store.active_job_ids(self.name)
         if active:
             statuses = self.batch.statuses(active)
@@ -210,3 +219,23 @@ class Cluster:
                     self.store.update_status(self.name, job_id, state=ENDED, time_left_s=None,
                                              ended_at=time.time())
         return self.store.list(self.name, include_ended=include_ended)
+
+    def _look_on_cluster(self) -> None:
+        """The running and queued sessions of a store that knows none of this cluster's (another
+        laptop's, a lost or damaged store's), found by their session folders on the cluster (the
+        job makes ~/.hpcnb/sessions/<machine>/<job id>, whatever its name) and asked about in one
+        scheduler query. Ended ones are history, and stay on the cluster (`hpcnb logs`)."""
+        folder = f"{hs.SESSIONS_DIR}/{self.cfg.machine}"
+        listing = self.remote.run(["ls", "-1t", "--", folder])  # newest first; none: no folder
+        ids = [n for n in listing.stdout.split() if hs.JOB_ID_RE.match(n)] if listing.ok else []
+        known = {r.job_id for r in self.store.list(self.name)}
+        new = [job_id for job_id in ids if job_id not in known][:LOOK_LIMIT]
+        statuses = self.batch.statuses(new) if new else {}
+        found = [statuses[job_id] for job_id in new
+                 if job_id in statuses and not statuses[job_id].state.is_final]
+        for status in reversed(found):  # oldest first: `list` shows the newest on top
+            self._remember(status.job_id, name=status.name, partition=status.partition,
+                           state=status.state.value, node=status.node, time_left_s=status.time_left_s)
+        if found:
+            self.notify(f"found {len(found)} session(s) on {self.name} that this laptop had not "
+                        "recorded")

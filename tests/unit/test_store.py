@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import sqlite3
 import stat
 import time
@@ -129,15 +130,25 @@ def test_file_modes(tmp_path: Path) -> None:
         assert s.get("testbed", "1") == rec("1")
 
 
-def test_corrupt_file_is_reported_not_deleted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["junk", "truncated"])
+def test_a_damaged_store_is_kept_aside_and_a_new_one_starts(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "sessions.db"
-    junk = b"this is not a database, it is somebody's notes\n" * 200
-    path.write_bytes(junk)
-    with pytest.raises(HpcnbError) as err:
-        Store(path)
-    assert str(path) in str(err.value)
-    assert "move it aside" in str(err.value)
-    assert path.read_bytes() == junk
+    if damage == "junk":
+        path.write_bytes(b"this is not a database, it is somebody's notes\n" * 200)
+    else:  # half a real store: SQLite reads its first page, and the rest is gone
+        with Store(path) as s:
+            for i in range(2000):
+                s.add(rec(str(i)))
+        with path.open("r+b") as fh:
+            fh.truncate(path.stat().st_size // 2)
+    before = path.read_bytes()
+    with Store(path) as s:
+        assert s.moved_aside is not None and s.moved_aside.name.startswith("sessions.db.damaged-")
+        assert s.moved_aside.read_bytes() == before  # nothing of it is lost
+        assert s.list() == [] and s.needs_look("testbed")
+        s.add(rec("1"))
+    with Store(path) as s:
+        assert s.moved_aside is None and s.get("testbed", "1") == rec("1")
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -214,4 +225,25 @@ def test_a_version_2_store_gains_the_forwarded_ports(tmp_path: Path) -> None:
         assert s.set_local_port("testbed", "7", 8888, {8787: 41234})
         assert s.get("testbed", "7").forwarded() == {8787: 41234}
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+
+
+def test_a_store_file_of_schema_3_is_migrated(tmp_path: Path) -> None:
+    """tests/unit/captured/sessions_schema3.db: written by hpcnb as of 2026-12-01 (schema 3, two
+    sessions, one with forwarded ports). Today's hpcnb migrates it in place and keeps every row."""
+    path = tmp_path / "sessions.db"
+    shutil.copy(Path(__file__).parent / "captured" / "sessions_schema3.db", path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    with Store(path) as s:
+        running, ended = s.list("testbed")
+        assert (running.job_id, running.state, running.node) == ("41", "running", "node01")
+        assert running.local_port == 8888
+        assert running.forwarded() == {8787: 41234}
+        assert (ended.job_id, ended.partition, ended.tunnel) == ("40", "gpu", "node-ssh")
+        assert ended.ended_at == 1796145000.0
+        assert s.needs_look("testbed")
+        s.looked("testbed")
+        assert not s.needs_look("testbed") and s.needs_look("other")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
