@@ -1,5 +1,5 @@
 """Apps: what a job starts on its node. Jupyter is the default; code-server and RStudio Server ship
-as recipes, and a site or user config adds its own (`[apps.NAME]`, docs/configuration.md "Apps").
+as recipes, and a site or user config adds its own (`[apps.NAME]`, docs/site-configs.md "Apps").
 
 A recipe says how to start the app after the setup lines, where it listens, how hpcnb knows it
 serves, and how the browser gets in. The secret is made on the node by the launcher
@@ -192,7 +192,7 @@ def pick(apps: tuple[App, ...], name: str, tunnel: str, where: str | None = None
     if app is None:
         problem = f"{name!r} is not an app of this cluster (known: {', '.join(sorted(known))})"
     elif tunnel == "socket" and not app.is_jupyter and not app.socket_command:
-        problem = (f"app {name!r} cannot listen on a unix socket, and this cluster's tunnel is "
+        problem = (f"{name!r} cannot listen on a unix socket, and this cluster's tunnel is "
                    "\"socket\" (add socket_command to its recipe, or use another tunnel)")
     if problem is None and app is not None:
         return app

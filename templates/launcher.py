@@ -343,8 +343,11 @@ class Launcher:
                 port = self.free_port(host)
             argv = self.argv(host, port, sock)
             log("starting (attempt {}): {}".format(attempt, " ".join(argv)))
-            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                         preexec_fn=lambda: os.umask(self.user_umask))
+            try:
+                self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                             preexec_fn=lambda: os.umask(self.user_umask))
+            except OSError as e:  # not installed here, or not executable: one line, not a traceback
+                raise Fatal(f"cannot start {self.label}: {argv[0]}: {e.strerror}", 127) from None
             state = self.wait_ready(host, port, sock, deadline)
             if state == "ready":
                 return host, port, sock

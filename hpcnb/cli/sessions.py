@@ -98,16 +98,18 @@ def _open_browser(url: str) -> None:
 
 
 def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTicker,
-          extra: Sequence[tuple[int, int]] = (), desk: Desktop | None = None) -> None:
+          extra: Sequence[tuple[int, int]] = (), desk: Desktop | None = None, browse_extra: bool = False
+          ) -> None:
     """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach).
-    extra: the node's other ports (config `ports`, `hpcnb forward`) beside the notebook's."""
+    extra: the node's other ports (config `ports`, `hpcnb forward`) beside the notebook's;
+    browse_extra: the browser opens the first of those (`hpcnb forward`), not the notebook."""
     ports = [(p, 0) for p in session.cluster.cfg.ports if p not in dict(extra)] + list(extra)
     try:
         with session.tunnel(port, extra_ports=ports) as tunnel:
             ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
             click.echo(tunnel.url)
-            if tunnel.password is not None:  # stderr: stdout's lines are URLs, for scripts
-                say(f"{tunnel.app} password: {tunnel.password}")
+            if tunnel.password is not None:  # stderr (stdout's lines are URLs), even with -q
+                click.echo(f"{tunnel.app} password: {tunnel.password}", err=True)
             for node_port, local_port in tunnel.extra.items():
                 click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
             sys.stdout.flush()
@@ -115,7 +117,8 @@ def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTi
                 desk.ready(session, tunnel.local_port)
             say("Ctrl-C detaches (the job keeps running)")
             if not no_browser:
-                _open_browser(tunnel.url)
+                first = next(iter(tunnel.extra.values()), None) if browse_extra else None
+                _open_browser(f"http://127.0.0.1:{first}/" if first else tunnel.url)
             tunnel.hold(None)
     except KeyboardInterrupt:
         _detach_note(session.cluster.name, session.job_id)
@@ -236,7 +239,7 @@ def forward(job_id: str, node_port: int, cluster: str | None, local_port: int | 
     with _cluster(cluster, accept_new_host_key, notify=ticker.note) as target:
         session = target.session(job_id, running=True)
         if _wait(session, ticker):
-            _hold(session, None, True, ticker, extra=[(node_port, local_port or 0)])
+            _hold(session, None, no_browser, ticker, extra=[(node_port, local_port or 0)], browse_extra=True)
 
 
 @click.command(name="list")

@@ -140,6 +140,7 @@ class Keeper:
     def serve_connection(self, conn: Any) -> None:
         with self._state_lock:
             self._active += 1
+        op = None
         try:
             # The HMAC challenge both ways (what Listener.accept does with an authkey), here in the
             # connection's own thread: a client that never answers holds up only itself.
@@ -151,6 +152,7 @@ class Keeper:
             finally:
                 watchdog.cancel()
             request = wire.recv(conn, timeout=HELLO_TIMEOUT_S)
+            op = request.get("op")
             line = ClientLine(conn, can_prompt=bool(request.get("can_prompt")))
             self._dispatch(line, request)
         except (LineClosed, EOFError, OSError, AuthenticationError):
@@ -160,7 +162,8 @@ class Keeper:
         finally:
             with self._state_lock:
                 self._active -= 1
-                self._last_used = time.monotonic()
+                if op != "hello":  # `hpcnb connections` looking is not using: it keeps nothing alive
+                    self._last_used = time.monotonic()
             with contextlib.suppress(OSError):
                 conn.close()
             if self._ending:

@@ -61,3 +61,16 @@ def test_an_unknown_app_is_refused_before_anything_is_submitted(tmp_path: Path) 
     assert proc.stderr.strip().splitlines() == [
         f"hpcnb: error: --app 'emacs' is not an app of this cluster (known: {known})"]
     assert hpcnb.list_json("here", "--all") == []
+
+
+def test_an_app_that_is_not_installed_ends_the_job_in_one_named_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(python=sys.executable) + """[clusters.here.apps.missing]
+command = ["hpcnb-no-such-server", "--port", "{port}"]
+secret_env = "S"
+""")
+    hpcnb = Hpcnb(tmp_path / "state", config=config, home=tmp_path)
+    proc = hpcnb.run("submit", "--cluster", "here", "--app", "missing", "--no-browser", "--no-attach")
+    assert proc.returncode == 9, proc.stderr
+    assert "cannot start missing: hpcnb-no-such-server: No such file or directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
