@@ -75,7 +75,10 @@ class BatchSystem:
         # An unknown id fails the whole command (PBS qstat exits 153), but the jobs it knows are
         # still printed: keep them.
         statuses = {k: v for k, v in sched.parse_status(result.stdout).items() if k in ids}
-        missing = [i for i in ids if i not in statuses]
+        # Jobs the queue no longer has, and those it shows ended without an exit code (squeue
+        # keeps a finished job for MinJobAge but prints no exit code; sacct does): the history.
+        missing = [i for i in ids if i not in statuses
+                   or (statuses[i].state.is_final and statuses[i].exit_code is None)]
         history = sched.history_argv(missing) if missing else None
         if history:
             statuses.update(self._history(remote, history, ids, missing))

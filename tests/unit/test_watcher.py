@@ -227,7 +227,19 @@ def test_job_failed_in_squeue_without_a_log_points_at_logs(fake: FakeRemote) -> 
 
     assert info.value.message == "job 2 ended before the notebook was ready: failed, NonZeroExitCode"
     assert info.value.hint == "hpcnb logs 2 --cluster tb"
-    assert fake.times("sacct") == [] and w.clock.now == 0
+    # squeue prints no exit code: accounting is asked for it (here it has no record yet).
+    assert fake.times("sacct") == [0] and w.clock.now == 0
+
+
+def test_job_failed_in_squeue_gets_its_exit_code_from_accounting(fake: FakeRemote) -> None:
+    job = "2"
+    fake.job("squeue", job, SQUEUE_FAILED)
+    fake.job("sacct", job, SACCT_FAILED)
+    w = watch(fake, job)
+    with pytest.raises(JobEnded) as info:
+        w.watcher.wait_ready()
+
+    assert info.value.message.startswith("job 2 ended before the notebook was ready: failed (exit code 3:0)")
 
 
 def test_ended_file_with_exit_124_is_start_timeout(fake: FakeRemote) -> None:

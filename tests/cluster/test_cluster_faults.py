@@ -1,0 +1,64 @@
+"""The cluster's own faults under a running session (issue 16), on the real testbed: the
+controller restarting while a notebook is attached, and a home the job cannot write."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from fixtures import CLUSTER_CMD, ssh
+from hpcnb_driver import Hpcnb, derived_config
+from testbed.proc import read_pid, stop_pid
+
+pytestmark = pytest.mark.cluster
+
+
+def _state(hpcnb: Hpcnb, job_id: str) -> str:
+    [row] = [r for r in hpcnb.list_json("testbed") if r["job_id"] == job_id]
+    return row["state"]
+
+
+def test_controller_restart_leaves_the_tunnel_and_list_says_unknown_meanwhile(testbed, tmp_path):
+    hpcnb = Hpcnb(tmp_path / "state", config=testbed)
+    job_id = hpcnb.submit("testbed", "--hours", "0.25")
+    try:
+        with hpcnb.attach(job_id, "testbed") as attached:
+            kernel = attached.start_kernel()
+            attached.execute(kernel, "x = 6 * 7")
+            pid = read_pid("slurmctld")
+            assert pid, "slurmctld is not running"
+            stop_pid(pid)
+            try:
+                listed = hpcnb.run("list", "--cluster", "testbed", "--json")
+                assert listed.returncode == 0, listed.stderr
+                assert "controller does not answer" in listed.stderr
+                assert _state(hpcnb, job_id) == "unknown"  # not ended: nothing is forgotten
+                assert attached.execute(kernel, "x") == "42"  # the tunnel does not need slurmctld
+            finally:
+                up = subprocess.run([str(CLUSTER_CMD), "up"], capture_output=True, text=True, timeout=300)
+                assert up.returncode == 0, up.stdout + up.stderr
+            assert _state(hpcnb, job_id) == "running"
+            assert attached.execute(kernel, "x + 1") == "43"
+            assert attached.proc.poll() is None  # attach held on through it all
+    finally:
+        hpcnb.run("cancel", job_id, "--cluster", "testbed")
+
+
+def test_a_home_the_job_cannot_write_is_said_with_what_to_do(testbed, tmp_path):
+    # The job's session folder under ~/.hpcnb/sessions/<cluster> cannot be made: as with a full
+    # home or a quota reached, `mkdir` fails (the testbed's home cannot be filled safely: it is
+    # shared), so that folder is made read-only for this cluster name only.
+    config = derived_config(tmp_path / "config.toml", testbed, {"fullhome": ("testbed", {})})
+    hpcnb = Hpcnb(tmp_path / "state", config=config)
+    folder = ".hpcnb/sessions/fullhome"
+    assert ssh(f"mkdir -p {folder} && chmod 500 {folder}").returncode == 0
+    try:
+        proc = hpcnb.run("submit", "--cluster", "fullhome", "--no-browser", "--no-attach", "--hours", "0.1")
+    finally:
+        ssh(f"chmod 700 {folder}")
+    assert proc.returncode == 9, proc.stderr
+    error = proc.stderr.strip().splitlines()[-2:]
+    assert "ended before the notebook was ready" in proc.stderr
+    assert "could not create ~/.hpcnb/sessions/fullhome/" in proc.stderr, proc.stderr
+    assert "full or over its quota" in proc.stderr and "`quota`" in proc.stderr, error
+    assert "Traceback" not in proc.stderr
