@@ -107,6 +107,16 @@ class JobEnded(HpcnbError):
     exit_code = 9
 
 
+class JobRequeued(JobEnded):
+    """The scheduler put the running job back in its queue (scontrol requeue, preemption, a node
+    failure with requeue): its notebook stopped and will start again, perhaps on another node.
+    `stale_ended` is the `ended` file the stopped notebook left (the next run removes it)."""
+
+    def __init__(self, message: str, *, stale_ended: bytes | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.stale_ended = stale_ended
+
+
 class StartTimeout(HpcnbError):
     """The notebook did not become ready in the allotted time."""
 

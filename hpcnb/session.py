@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from hpcnb import attach
 from hpcnb import handshake as hs
-from hpcnb.errors import HpcnbError
+from hpcnb.errors import HpcnbError, JobRequeued
 from hpcnb.schedulers import JobStatus
 from hpcnb.watcher import JobWatcher, WaitEvent
 
@@ -43,6 +43,7 @@ class Session:
         self.status = status
         self._fresh = fresh  # just submitted: nothing of it can be up yet
         self._handshake: hs.Handshake | None = None
+        self._stale: tuple[str, bytes | None] | None = None  # a requeued run's token, `ended` file
 
     def __repr__(self) -> str:
         return f"Session({self.cluster.name!r}, {self.job_id!r})"
@@ -79,12 +80,13 @@ class Session:
         """Until the notebook answers: its handshake (at once when it already does). on_event sees
         each step of a wait (queued with the reason and expected start, starting, ready)."""
         remote = self.cluster.remote
-        if not self._fresh:
+        if not self._fresh and self._stale is None:
             found = hs.read_handshake(remote, self.files)
             if found is not None and hs.read_ended(remote, self.files) is False:
                 self._handshake = found
                 return found
-        self._handshake = self.watcher().wait_ready(on_event)
+        self._handshake = self.watcher().wait_ready(on_event, stale=self._stale)
+        self._stale = None
         self._fresh = False
         return self._handshake
 
@@ -109,8 +111,12 @@ class Session:
         watcher = self.watcher()
 
         def watch(stop: threading.Event, remote: Callable[[], object]) -> None:
-            watcher.watch_attached(stop, remote, walltime_end=handshake.walltime_end,  # type: ignore[arg-type]
-                                   warn_before=cluster.cfg.walltime_warning)
+            try:
+                watcher.watch_attached(stop, remote, walltime_end=handshake.walltime_end,  # type: ignore[arg-type]
+                                       warn_before=cluster.cfg.walltime_warning)
+            except JobRequeued as requeued:  # the next wait_ready waits for the new run
+                self._handshake, self._stale = None, (handshake.token, requeued.stale_ended)
+                raise
 
         with attach.tunnel(handshake, far, port=port, notify=cluster.notify, watch=watch) as opened:
             opened_extra: list[tuple[attach.Listening, attach.Far]] = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from hpcnb import handshake as hs
 from hpcnb.batch import BatchSystem
-from hpcnb.errors import HpcnbError, JobEnded, JobNotFound, StartTimeout, logs_hint
+from hpcnb.errors import HpcnbError, JobEnded, JobNotFound, JobRequeued, StartTimeout, logs_hint
 from hpcnb.remote import Remote
 from hpcnb.schedulers import JobState, JobStatus
 
@@ -32,6 +32,7 @@ START_TIMEOUT_EXIT = 124
 # The job script's exit code when it cannot make its session folder (templates/_body.sh.j2): the
 # job then has nowhere to write, so this is the only way to tell the user why.
 SESSION_DIR_EXIT = 70
+REQUEUE_CHECKS = 5  # scheduler queries (requeue_pause apart) telling a requeue from an end
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class PollPolicy:
     follow_status: float = 30.0  # the scheduler, for `logs -f`
     cancel_wait: float = 15.0  # how long `cancel` waits to see the job end
     cancel_backoff: tuple[float, float] = (0.5, 4.0)  # first and largest pause in that wait
+    requeue_pause: float = 2.0  # between the scheduler queries that tell a requeue from an end
 
 
 class Clock:
@@ -139,10 +141,21 @@ class JobWatcher:
 
     # ---- waiting for the notebook ------------------------------------------------------------
 
-    def wait_ready(self, on_event: Callable[[WaitEvent], None] = _ignore) -> hs.Handshake:
+    def _ended(self, remote: Remote, stale: bytes | None) -> int | bool | None:
+        """hs.read_ended, but a requeued job's old `ended` file (stale) counts as none."""
+        try:
+            data = remote.read_file(self.files.ended)
+        except FileNotFoundError:
+            return False
+        return False if stale is not None and data == stale else hs.parse_ended(data)
+
+    def wait_ready(self, on_event: Callable[[WaitEvent], None] = _ignore, *,
+                   stale: tuple[str, bytes | None] | None = None) -> hs.Handshake:
         """Until the job's notebook answers: its handshake. JobEnded if the job ends first,
         StartTimeout if it runs but its notebook never becomes ready, JobNotFound if the scheduler
-        stops knowing it."""
+        stops knowing it. stale: after a requeue, the old run's token and `ended` file, which the
+        new run removes when it starts: until then they are not this run's."""
+        stale_token, stale_ended = stale if stale is not None else (None, None)
         p, clock = self.policy, self.clock
         started = clock.monotonic()
         next_query, polls, misses = started, 0, 0
@@ -157,8 +170,10 @@ class JobWatcher:
             # than its controller); once it runs, often: the notebook is about to answer.
             if running_since is not None or now >= next_query:
                 # `ended` first: a stopped notebook leaves its connection.json behind.
-                ended = hs.read_ended(self._remote(), self.files)
+                ended = self._ended(self._remote(), stale_ended)
                 found = hs.read_handshake(self._remote(), self.files) if ended is False else None
+                if found is not None and found.token == stale_token:
+                    found = None
                 if found:
                     on_event(WaitEvent("ready", status, now - started))
                     self.record(replace(status, state=JobState.RUNNING, raw_state="RUNNING") if status
@@ -223,7 +238,11 @@ class JobWatcher:
                 if ended is not False or clock.monotonic() >= next_status:
                     next_status = clock.monotonic() + p.attached_status
                     status = self.status(conn)
+                if ended is not False or (status is not None and status.state is JobState.PENDING):
+                    self._raise_if_requeued(conn, status)
             except HpcnbError as exc:  # a dropped connection, a failed query: say so, look again
+                if isinstance(exc, JobRequeued):
+                    raise
                 self.notify(f"could not check the job: {exc}")
                 if ended is False:
                     continue  # the `ended` file wins even when the scheduler cannot say why
@@ -238,6 +257,25 @@ class JobWatcher:
                            "min; save your work")
                 self.notify(warning)
                 self.alert(warning)
+
+    def _raise_if_requeued(self, conn: Remote, status: JobStatus | None) -> None:
+        """The notebook stopped (or the job is queued again) while the scheduler keeps the job:
+        requeued (Slurm's REQUEUED/PENDING, PBS's Q after qrerun). A job still shown running or
+        completing may be on its way to either, so the scheduler is asked again for a few
+        seconds; a job that ends is left to the caller."""
+        for _ in range(REQUEUE_CHECKS):
+            if status is not None and (status.state.is_final or status.state is JobState.UNKNOWN):
+                return
+            if status is not None and status.state in (JobState.PENDING, JobState.HELD):
+                try:
+                    stale: bytes | None = conn.read_file(self.files.ended)
+                except FileNotFoundError:
+                    stale = None
+                why = status.reason or status.raw_state
+                raise JobRequeued(f"job {self.job_id} was put back in the queue by the scheduler "
+                                  f"({why}); its notebook will start again", stale_ended=stale)
+            self.clock.sleep(self.policy.requeue_pause)
+            status = self.status(conn)
 
     # ---- logs -f and cancel --------------------------------------------------------------------
 

@@ -87,6 +87,16 @@ class Attached:
             raise AssertionError(f"attach printed no URL; stderr:\n{''.join(self.stderr_lines)}")
         return result[0].strip()
 
+    def next_url(self, timeout: float) -> str:
+        """The next URL attach prints (after a requeue: the new run's); it becomes this one's."""
+        self.url = self._read_url(timeout)
+        match = URL_RE.match(self.url)
+        assert match, f"not a tunnel URL: {self.url!r}"
+        self.port = int(match.group(1))
+        self.token = parse_qs(urlparse(self.url).query).get("token", [""])[0]
+        self.base = f"http://127.0.0.1:{self.port}"
+        return self.url
+
     def detach(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)

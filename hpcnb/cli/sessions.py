@@ -102,26 +102,48 @@ def _hold(session: Session, port: int | None, no_browser: bool, ticker: StatusTi
           ) -> None:
     """The tunnel, its URL on stdout, the browser; serve until Ctrl-C / SIGTERM (detach).
     extra: the node's other ports (config `ports`, `hpcnb forward`) beside the notebook's;
-    browse_extra: the browser opens the first of those (`hpcnb forward`), not the notebook."""
+    browse_extra: the browser opens the first of those (`hpcnb forward`), not the notebook.
+    A job the scheduler requeues is waited for, and the tunnel moves to its new run on the same
+    local port (the URL's token is the new run's: printed again; the browser is not reopened)."""
+    from hpcnb.errors import JobRequeued
+
     ports = [(p, 0) for p in session.cluster.cfg.ports if p not in dict(extra)] + list(extra)
+    used: dict[str, Any] = {"port": port, "extra": ports}
+    first = True
     try:
-        with session.tunnel(port, extra_ports=ports) as tunnel:
-            ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
-            click.echo(tunnel.url)
-            if tunnel.password is not None:  # stderr (stdout's lines are URLs), even with -q
-                click.echo(f"{tunnel.app} password: {tunnel.password}", err=True)
-            for node_port, local_port in tunnel.extra.items():
-                click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
-            sys.stdout.flush()
-            if desk is not None:
-                desk.ready(session, tunnel.local_port)
-            say("Ctrl-C detaches (the job keeps running)")
-            if not no_browser:
-                first = next(iter(tunnel.extra.values()), None) if browse_extra else None
-                _open_browser(f"http://127.0.0.1:{first}/" if first else tunnel.url)
-            tunnel.hold(None)
+        while True:
+            try:
+                _serve(session, used, no_browser or not first, ticker, desk, browse_extra)
+                return
+            except JobRequeued as requeued:
+                say(f"{requeued.message}; the tunnel follows it on 127.0.0.1:{used['port']}")
+                first = False
+                if not _wait(session, ticker, desk):
+                    return
     except KeyboardInterrupt:
         _detach_note(session.cluster.name, session.job_id)
+
+
+def _serve(session: Session, used: dict[str, Any], no_browser: bool, ticker: StatusTicker,
+           desk: Desktop | None, browse_extra: bool) -> None:
+    """One tunnel to the notebook's current run, held until detach. `used`: the local ports to
+    listen on (None / 0: free ones), then the ones it did, for the next run's tunnel."""
+    with session.tunnel(used["port"], extra_ports=used["extra"]) as tunnel:
+        used["port"], used["extra"] = tunnel.local_port, list(tunnel.extra.items())
+        ticker.done("tunnel", f"127.0.0.1:{tunnel.local_port}")
+        click.echo(tunnel.url)
+        if tunnel.password is not None:  # stderr (stdout's lines are URLs), even with -q
+            click.echo(f"{tunnel.app} password: {tunnel.password}", err=True)
+        for node_port, local_port in tunnel.extra.items():
+            click.echo(f"http://127.0.0.1:{local_port}/  (port {node_port} on {session.node})")
+        sys.stdout.flush()
+        if desk is not None:
+            desk.ready(session, tunnel.local_port)
+        say("Ctrl-C detaches (the job keeps running)")
+        if not no_browser:
+            first = next(iter(tunnel.extra.values()), None) if browse_extra else None
+            _open_browser(f"http://127.0.0.1:{first}/" if first else tunnel.url)
+        tunnel.hold(None)
 
 
 def _wait(session: Session, ticker: StatusTicker, desk: Desktop | None = None) -> bool:
