@@ -247,6 +247,10 @@ class JobWatcher:
                 if ended is False:
                     continue  # the `ended` file wins even when the scheduler cannot say why
             if ended is not False or (status is not None and status.state.is_final):
+                if status is not None and status.state.is_final:
+                    # The scheduler's word for it (NODE_FAIL, a preemption ...), its reason and
+                    # exit code, and the job's last output, as before the notebook was ready.
+                    raise self.ended_error(status, "has ended")
                 state = status.state.value if status and status.state.is_final else "ended"
                 raise JobEnded(f"job {self.job_id} has ended ({state}); its notebook is gone",
                                hint=logs_hint(self.job_id, self.batch.cluster))

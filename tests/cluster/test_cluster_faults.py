@@ -3,14 +3,24 @@ controller restarting while a notebook is attached, and a home the job cannot wr
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
 import pytest
 from fixtures import CLUSTER_CMD, ssh
 from hpcnb_driver import Hpcnb, derived_config
-from testbed.proc import read_pid, stop_pid
+from testbed.proc import in_host, read_pid, stop_pid
+from testbed.topology import LOGIN, SLURM_CONF
 
 pytestmark = pytest.mark.cluster
+
+
+def admin_scontrol(*args: str) -> None:
+    """scontrol as Slurm's administrator, in login1's namespace."""
+    proc = subprocess.run(in_host(LOGIN, ["scontrol", *args]), capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
+    assert proc.returncode == 0, proc.stderr
 
 
 def _state(hpcnb: Hpcnb, job_id: str) -> str:
@@ -62,3 +72,33 @@ def test_a_home_the_job_cannot_write_is_said_with_what_to_do(testbed, tmp_path):
     assert "could not create ~/.hpcnb/sessions/fullhome/" in proc.stderr, proc.stderr
     assert "full or over its quota" in proc.stderr and "`quota`" in proc.stderr, error
     assert "Traceback" not in proc.stderr
+
+
+def test_node_failure_ends_attach_within_one_watch_interval_with_the_reason(testbed, tmp_path):
+    # The node goes down under the job (as slurmctld marks a node whose slurmd stopped answering:
+    # the job's processes are killed, the job ends NODE_FAIL). --no-requeue: a requeued job is
+    # followed instead (test_requeue.py).
+    config = derived_config(tmp_path / "config.toml", testbed, {
+        "noreq": ("testbed", {"extra_directives": ["--no-requeue"]})})
+    hpcnb = Hpcnb(tmp_path / "state", config=config)
+    job_id = hpcnb.submit("noreq", "--hours", "0.25")
+    [row] = [r for r in hpcnb.list_json("noreq") if r["job_id"] == job_id]
+    node = row["node"]
+    try:
+        with hpcnb.attach(job_id, "noreq") as attached:
+            assert attached.http("GET", "/api/status")[0] == 200
+            started = time.monotonic()
+            admin_scontrol("update", f"NodeName={node}", "State=DOWN", "Reason=hpcnb-test-node-failure")
+            code = attached.proc.wait(timeout=120)
+            took = time.monotonic() - started
+        assert code == 9, attached.stderr()
+        assert took < 60 + 15, took  # one watch interval (the scheduler every 60 s, `ended` every 5 s)
+        error = attached.stderr()
+        assert f"job {job_id} has ended: node-fail" in error, error
+        assert "Traceback" not in error
+    finally:
+        # RESUME is refused ("Invalid node state") once slurmd has brought the node back itself.
+        subprocess.run(in_host(LOGIN, ["scontrol", "update", f"NodeName={node}", "State=RESUME"]),
+                       capture_output=True, timeout=60, env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
+        hpcnb.run("cancel", job_id, "--cluster", "noreq")
+    assert "down" not in ssh(f"sinfo -h -n {node} -o %T").stdout

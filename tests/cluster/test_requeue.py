@@ -4,23 +4,13 @@ shows the job queued meanwhile. On the testbed's Slurm with `scontrol requeue`."
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
 import pytest
 from hpcnb_driver import Hpcnb
-from testbed.proc import in_host
-from testbed.topology import LOGIN, SLURM_CONF
+from test_cluster_faults import admin_scontrol
 
 pytestmark = pytest.mark.cluster
-
-
-def scontrol(*args: str) -> None:
-    """scontrol as Slurm's administrator, in login1's namespace."""
-    proc = subprocess.run(in_host(LOGIN, ["scontrol", *args]), capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
@@ -31,7 +21,7 @@ def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
         try:
             port, old_token = attached.port, attached.token
             assert attached.http("GET", "/api/status")[0] == 200
-            scontrol("requeue", job_id)
+            admin_scontrol("requeue", job_id)
             deadline = time.monotonic() + 60
             while "put back in the queue" not in attached.stderr() and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -40,7 +30,7 @@ def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
             [row] = [r for r in hpcnb.list_json("testbed") if r["job_id"] == job_id]
             assert row["state"] == "pending"  # list shows it queued again
             # Slurm holds a requeued job back for ~2 min (BeginTime); the test lets it go now.
-            scontrol("update", f"JobId={job_id}", "StartTime=now")
+            admin_scontrol("update", f"JobId={job_id}", "StartTime=now")
             url = attached.next_url(timeout=180)  # the new run's URL: same port, a new token
             assert url.startswith(f"http://127.0.0.1:{port}/lab?token=") and old_token not in url
             assert attached.proc.poll() is None

@@ -365,7 +365,7 @@ def test_watch_attached_ended_file_raises_and_asks_the_scheduler_at_once(fake: F
         attach(w, fake, stop_at=None)
 
     assert fake.times("squeue") == [60, 120, 125]
-    assert info.value.message == "job 4 has ended (completed); its notebook is gone"
+    assert info.value.message == "job 4 has ended: completed"
     assert info.value.hint == "hpcnb logs 4 --cluster tb"
 
 
@@ -373,7 +373,7 @@ def test_watch_attached_ends_when_the_scheduler_says_final(fake: FakeRemote) -> 
     fake.job("squeue", JOB, RUNNING)
     fake.job("squeue", JOB, CANCELLED, at=100)  # killed too hard to write `ended`
     w = watch(fake)
-    with pytest.raises(JobEnded, match=r"job 4 has ended \(cancelled\)"):
+    with pytest.raises(JobEnded, match=r"job 4 has ended: cancelled"):
         attach(w, fake, stop_at=None)
     assert w.clock.now == 120
 
