@@ -204,6 +204,12 @@ class Cluster:
     def sessions(self, *, include_ended: bool = False) -> list[SessionRecord]:
         """This laptop's sessions on the cluster, newest first, refreshed by one scheduler query for
         all those still active."""
+        self.refresh_sessions()
+        return self.store.list(self.name, include_ended=include_ended)
+
+    def refresh_sessions(self) -> None:
+        """The store's record of this cluster's sessions brought up to date: one scheduler query
+        for all those still active (and, for a store that knows none, a look on the cluster)."""
         if self.store.needs_look(self.name):
             if not self.store.list(self.name, limit=1):  # a new laptop, a lost or damaged store
                 self._look_on_cluster()
@@ -218,7 +224,6 @@ class Cluster:
                 else:  # neither the queue nor the history knows it: it ended long ago
                     self.store.update_status(self.name, job_id, state=ENDED, time_left_s=None,
                                              ended_at=time.time())
-        return self.store.list(self.name, include_ended=include_ended)
 
     def _look_on_cluster(self) -> None:
         """The running and queued sessions of a store that knows none of this cluster's (another

@@ -272,7 +272,11 @@ def forward(job_id: str, node_port: int, cluster: str | None, local_port: int | 
 def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_host_key: bool) -> None:
     """Your sessions on the cluster: state, node, time left."""
     with _cluster(cluster, accept_new_host_key) as target:
-        records = target.sessions(include_ended=include_ended)
+        target.refresh_sessions()
+        if as_json:
+            records = target.store.list(target.name, include_ended=include_ended)
+        else:
+            rows = target.store.table(target.name, include_ended=include_ended)
         _tidy(target)
     if as_json:
         print_json([{
@@ -284,12 +288,11 @@ def list_(cluster: str | None, as_json: bool, include_ended: bool, accept_new_ho
             "local_port": r.local_port, "ports": {str(k): v for k, v in r.forwarded().items()},
         } for r in records])
         return
-    if not records:
+    if not rows:
         say(f"no {'' if include_ended else 'active '}sessions on {target.name}"
             + ("" if include_ended else " (--all shows ended ones)"))
         return
-    print_table([[r.job_id, r.cluster, r.name or "", r.state, r.partition or "", r.node or "",
-                  duration(r.time_left_s if r.ended_at is None else None)] for r in records],
+    print_table([(*row[:6], duration(row[6])) for row in rows],
                 ["JOB ID", "CLUSTER", "NAME", "STATE", "PARTITION", "NODE", "TIME LEFT"])
 
 
