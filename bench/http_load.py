@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
@@ -169,6 +170,16 @@ def cold_load(port: int, token: str, waves: list[list[str]]) -> tuple[float, int
     return time.perf_counter() - start, n, size
 
 
+def cold_load_parallel(port: int, token: str, waves: list[list[str]], workers: int = 100
+                       ) -> tuple[float, int, int]:
+    """The same requests as cold_load, all at once: one list, `workers` threads each on its own new
+    keep-alive connection taking the next request (100 requests in flight). Seconds, requests, bytes."""
+    paths = list(dict.fromkeys(p for wave in waves for p in wave))
+    start = time.perf_counter()
+    bodies = _fetch_parallel(port, token, paths, workers)
+    return time.perf_counter() - start, len(bodies), sum(len(b) for b in bodies.values())
+
+
 # --- small requests ---------------------------------------------------------------------------------
 def status_latency(port: int, token: str, n: int = 200) -> list[float]:
     """ms per sequential GET /api/status on one keep-alive connection."""
@@ -206,36 +217,117 @@ def delete_kernel(port: int, token: str, kernel_id: str) -> None:
     conn.close()
 
 
-def kernel_latency(port: int, token: str, kernel_id: str, n: int = 200) -> list[float]:
-    """ms per `1` executed over the kernel websocket, from send to its execute_reply."""
+def kernel_socket(url: str, token: str, sock: object = None):  # -> websocket.WebSocket
+    """The kernel's websocket at `url` (ws://HOST[:PORT]/api/kernels/ID/channels); over `sock`,
+    an already connected socket (a unix socket), when given."""
     import websocket
 
-    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels",
-                                     header=[f"Authorization: token {token}"], timeout=60,
-                                     enable_multithread=False)
+    return websocket.create_connection(url, header=[f"Authorization: token {token}"], timeout=60,
+                                       enable_multithread=False, socket=sock)
+
+
+def kernel_round_trips(ws, n: int, keep_going: Callable[[], bool] | None = None,
+                       warmups: int = 3) -> list[float]:
+    """ms per `1` executed over the kernel websocket `ws`, from send to its execute_reply: `n` of
+    them after `warmups` (the kernel's first executes are slower), or, with `keep_going`, as many
+    as start while it says so (at most `n`)."""
     session = uuid.uuid4().hex
     times: list[float] = []
+    for i in range(n + warmups):
+        if i >= warmups and keep_going is not None and not keep_going():
+            break
+        msg_id = uuid.uuid4().hex
+        t = time.perf_counter()
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "bench", "session": session,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": "1", "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False}}))
+        while True:
+            msg = json.loads(ws.recv())
+            if (msg.get("msg_type") == "execute_reply"
+                    and msg.get("parent_header", {}).get("msg_id") == msg_id):
+                break
+        if i >= warmups:
+            times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def kernel_latency(port: int, token: str, kernel_id: str, n: int = 200) -> list[float]:
+    """ms per `1` executed over the kernel websocket, from send to its execute_reply."""
+    ws = kernel_socket(f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels", token)
     try:
-        for i in range(n + 3):  # 3 warm-ups: the kernel's first executes are slower
-            msg_id = uuid.uuid4().hex
-            t = time.perf_counter()
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": "bench", "session": session,
-                           "msg_type": "execute_request", "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": "1", "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False}}))
-            while True:
-                msg = json.loads(ws.recv())
-                if (msg.get("msg_type") == "execute_reply"
-                        and msg.get("parent_header", {}).get("msg_id") == msg_id):
-                    break
-            if i >= 3:
-                times.append((time.perf_counter() - t) * 1000)
+        return kernel_round_trips(ws, n)
     finally:
         ws.close()
-    return times
+
+
+# The download that loads the tunnel: the big file LOADED_COPIES times in a row on one connection.
+LOADED_COPIES = 4
+
+
+def kernel_latency_loaded(port: int, token: str, kernel_id: str, n: int = 2000
+                          ) -> tuple[list[float], float, int]:
+    """Kernel round trips (ms) while a 1 GiB download (the big file LOADED_COPIES times, one curl,
+    one keep-alive connection) runs through the same local port: the websocket is opened and warmed
+    first, then curl starts, and round trips are timed from 0.2 s after its start until it ends
+    (at most n). Also the download's MB/s and bytes."""
+    ws = kernel_socket(f"ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels", token)
+    try:
+        kernel_round_trips(ws, 0)  # warm-ups only
+        url = f"http://127.0.0.1:{port}/files/{BIG_FILE}"
+        argv = ["curl", "-sS", "-H", f"Authorization: token {token}",
+                "-w", "%{size_download} %{http_code}\n"]
+        for _ in range(LOADED_COPIES):
+            argv += ["-o", "/dev/null", url]
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.2)  # the download is under way
+            times = kernel_round_trips(ws, n, keep_going=lambda: proc.poll() is None, warmups=0)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        secs = time.perf_counter() - t
+    finally:
+        ws.close()
+    got = [line.split() for line in out.splitlines() if line.strip()]
+    size = sum(int(g[0]) for g in got)
+    if proc.returncode != 0 or len(got) != LOADED_COPIES or any(g[1] != "200" for g in got) \
+            or size != LOADED_COPIES * BIG_BYTES:
+        raise RuntimeError(f"loaded download through {port}: exit {proc.returncode}, {got}, {err[-300:]}")
+    return times, size / secs / 1e6, size
 
 
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else values[0]
+
+
+def _main(argv: list[str]) -> None:
+    """`python3 http_load.py kernel-latency TARGET TOKEN KERNEL N`: kernel round trips with no tunnel,
+    run by the bench under `nsenter --net=...` (TARGET: HOST:PORT, or unix:/path/to/socket); prints
+    the ms as one JSON list."""
+    import socket
+
+    if len(argv) != 5 or argv[0] != "kernel-latency":
+        raise SystemExit(_main.__doc__)
+    target, token, kernel_id, n = argv[1], argv[2], argv[3], int(argv[4])
+    if target.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(target[len("unix:"):])
+        ws = kernel_socket(f"ws://localhost/api/kernels/{kernel_id}/channels", token, sock)
+    else:
+        ws = kernel_socket(f"ws://{target}/api/kernels/{kernel_id}/channels", token)
+    try:
+        print(json.dumps(kernel_round_trips(ws, n)))
+    finally:
+        ws.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

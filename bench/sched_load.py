@@ -4,7 +4,10 @@ A fresh key is added to hpcuser's authorized_keys with `command="<wrapper>"`: co
 that key (and only those: other engineers use hpcuser too) run their commands with a directory of
 counting wrappers (squeue, sacct, sbatch, ...) first in PATH. Each wrapper logs one line and execs
 the real command. SSH handshakes are the sshd logs' `Accepted publickey` lines with the key's
-fingerprint. Everything is removed again by `CountingKey.remove()`.
+fingerprint. The same forced command runs the key's SFTP sessions with an external sftp-server that
+logs each file it opens (`-e -l INFO`, to a file: the testbed's sshd serves SFTP with internal-sftp
+at its default level, which logs no opens, and its config is not the bench's to change), so the
+reads of a job's files are counted too. Everything is removed again by `CountingKey.remove()`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class CountingKey:
         self.home = login_run("echo $HOME").strip()
         self.log = f"{self.home}/{self.dir}/calls.log"
         self.hold_flag = f"{self.home}/{self.dir}/hold"
+        self.sftp_log = f"{self.home}/{self.dir}/sftp.log"
 
     def install(self) -> None:
         d = f"{self.home}/{self.dir}"
@@ -43,11 +47,13 @@ class CountingKey:
             + f"exec /usr/bin/{cmd} \"$@\"\nEOF\nchmod 755 {d}/bin/{cmd}"
             for cmd in WRAPPED)
         forced = (f"#!/bin/sh\ncase \"$SSH_ORIGINAL_COMMAND\" in\n"
-                  f"  internal-sftp|sftp*) exec /usr/lib/openssh/sftp-server ;;\nesac\n"
+                  f"  internal-sftp|sftp*)\n"
+                  f"    exec /usr/lib/openssh/sftp-server -e -l INFO 2>>{self.sftp_log} ;;\nesac\n"
                   f"PATH={d}/bin:$PATH; export PATH\n"
                   f"exec \"${{SHELL:-/bin/sh}}\" -c \"$SSH_ORIGINAL_COMMAND\"\n")
         login_run(f"set -e; mkdir -p {d}/bin; {wrappers}\n"
-                  f"cat > {d}/forced <<'EOF'\n{forced}EOF\nchmod 755 {d}/forced; : > {self.log}\n"
+                  f"cat > {d}/forced <<'EOF'\n{forced}EOF\nchmod 755 {d}/forced\n"
+                  f": > {self.log}; : > {self.sftp_log}\n"
                   f"echo 'command=\"{d}/forced\" {self.pub}' >> ~/.ssh/authorized_keys")
         self._line = f'command="{d}/forced" {self.pub}'
 
@@ -73,6 +79,12 @@ class CountingKey:
             stamp, _, rest = line.partition(" ")
             rows.append((float(stamp), rest))
         return rows
+
+    def sftp_opens(self) -> list[str]:
+        """The paths the key's SFTP sessions opened so far (sftp-server's `open "PATH" flags ...`
+        lines, a failed open of a missing file included), in order."""
+        out = login_run(f"cat {self.sftp_log}")
+        return re.findall(r'\bopen "([^"]*)" flags', out)
 
     def reset(self) -> None:
         login_run(f": > {self.log}")

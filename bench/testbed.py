@@ -127,9 +127,14 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
             time.sleep(0.02)
 
 
+# The pid of the `ssh -N -L` serving each local port openssh_forward yields (while it is open).
+FORWARD_PIDS: dict[int, int] = {}
+
+
 @contextmanager
 def openssh_forward(mode: str, hs: dict) -> Iterator[int]:
-    """`ssh -N -L` as the OpenSSH peer of an hpcnb tunnel mode; yields the local port."""
+    """`ssh -N -L` as the OpenSSH peer of an hpcnb tunnel mode; yields the local port (its pid:
+    FORWARD_PIDS[port])."""
     port = free_port()
     if mode == "direct":
         argv = [*ssh_base(), "-N", "-L", f"127.0.0.1:{port}:{hs['host']}:{hs['port']}", "login1"]
@@ -139,12 +144,60 @@ def openssh_forward(mode: str, hs: dict) -> Iterator[int]:
         argv = [*ssh_base(), "-N", "-L", f"127.0.0.1:{port}:{hs['socket']}", hs["node"]]
     argv[3:3] = ["-o", "ExitOnForwardFailure=yes"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    FORWARD_PIDS[port] = proc.pid
     try:
         wait_port(port, proc)
         yield port
     finally:
+        FORWARD_PIDS.pop(port, None)
         proc.terminate()
         proc.wait(10)
+
+
+# --- CPU time of the laptop side's processes --------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on; the name in parentheses may hold spaces."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """pids and every live process below them (e.g. the `ssh -W` that ssh -J runs for its hop)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields:
+                parent[int(entry.name)] = int(fields[1])
+    found, todo = set(pids), list(pids)
+    while todo:
+        p = todo.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime (all threads) of each of pids and their live descendants, in seconds."""
+    out = {}
+    for pid in descendants(pids):
+        fields = _stat_fields(pid)
+        if fields:  # utime, stime: fields 14, 15 of stat(5)
+            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two cpu_seconds() readings (a process new in `after` counts whole)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 # --- hpcnb as a user runs it ----------------------------------------------------------------------
@@ -167,6 +220,18 @@ def keeper_pids() -> list[int]:
             continue
         pids.append(pid)
     return pids
+
+
+def keeper_serving(port: int, env: dict[str, str] | None = None) -> int | None:
+    """The pid of the bench's keeper that serves the tunnel on local `port` (`hpcnb connections
+    --json`), None if none does (the attach process itself then carries the tunnel)."""
+    proc = hpcnb("connections", "--json", env=env, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hpcnb connections --json: {proc.stderr}")
+    for found in json.loads(proc.stdout or "[]"):
+        if any(t.get("port") == port for t in found.get("tunnels", [])):
+            return int(found["pid"])
+    return None
 
 
 def master_pids() -> list[int]:
@@ -294,7 +359,15 @@ class Attach:
 
 
 def cancel(job_id: str) -> None:
-    subprocess.run(in_login_ns(["scancel", job_id]), capture_output=True, timeout=30)
+    """scancel, again while slurmctld does not answer (other engineers' fault tests restart it:
+    a job whose scancel was lost once came back requeued after a node failure, for minutes)."""
+    for attempt in range(10):
+        proc = subprocess.run(in_login_ns(["scancel", job_id]), capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 or "completed" in proc.stderr or "Invalid job id" in proc.stderr:
+            break
+        if attempt == 9:
+            log(f"could not cancel job {job_id}: {proc.stderr.strip()}; cancel it by hand")
+        time.sleep(3)
     JOBS.discard(job_id)
 
 
