@@ -16,6 +16,7 @@ The clock is injected (Clock), so every loop here runs in unit tests without wai
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,11 +57,19 @@ class PollPolicy:
     requeue_pause: float = 2.0  # between the scheduler queries that tell a requeue from an end
 
 
+# A clock that no NTP step or date change moves, and that goes on while the laptop sleeps (the
+# job's time limit does): Linux's CLOCK_BOOTTIME, macOS's CLOCK_MONOTONIC (clock_gettime(3): it
+# "continues to increment while the system is asleep"); elsewhere time.monotonic (Windows: the
+# tick count, which counts sleep too).
+_STEADY = getattr(time, "CLOCK_BOOTTIME", None) if sys.platform.startswith("linux") else \
+    getattr(time, "CLOCK_MONOTONIC", None) if sys.platform == "darwin" else None
+
+
 class Clock:
     """Time as the watcher sees it; tests pass one that advances without sleeping."""
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.clock_gettime(_STEADY) if _STEADY is not None else time.monotonic()
 
     def time(self) -> float:
         return time.time()
@@ -227,6 +236,9 @@ class JobWatcher:
         p, clock = self.policy, self.clock
         warned = False
         next_status = clock.monotonic() + p.attached_status
+        # The wall clock is read once, here: a clock step later (NTP, a date change) or the
+        # laptop's sleep moves neither the time left nor the warning (Clock.monotonic).
+        deadline = clock.monotonic() + (walltime_end - clock.time()) if walltime_end else None
         while not clock.wait(stop, p.attached_files):
             conn = remote()
             if conn is None:
@@ -254,7 +266,7 @@ class JobWatcher:
                 state = status.state.value if status and status.state.is_final else "ended"
                 raise JobEnded(f"job {self.job_id} has ended ({state}); its notebook is gone",
                                hint=logs_hint(self.job_id, self.batch.cluster))
-            left = walltime_end - clock.time() if walltime_end else None
+            left = deadline - clock.monotonic() if deadline is not None else None
             if left is not None and not warned and left <= warn_before:
                 warned = True
                 warning = (f"job {self.job_id} reaches its time limit in {max(0, int(left // 60))} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from fixtures import CLUSTER_CMD, ssh
@@ -102,3 +103,33 @@ def test_node_failure_ends_attach_within_one_watch_interval_with_the_reason(test
                        capture_output=True, timeout=60, env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
         hpcnb.run("cancel", job_id, "--cluster", "noreq")
     assert "down" not in ssh(f"sinfo -h -n {node} -o %T").stdout
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")  # Debian's faketime (.ci/run)
+
+
+def test_a_clock_step_on_the_laptop_moves_neither_time_left_nor_the_warning(testbed, tmp_path):
+    # libfaketime steps this laptop's wall clock (CLOCK_REALTIME) an hour ahead while attached, as
+    # NTP or a wrong date can; its monotonic clocks go on as they do.
+    assert FAKETIME.exists(), "apt-get install faketime (.ci/run does)"
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    config = derived_config(tmp_path / "config.toml", testbed,
+                            {"clockstep": ("testbed", {"walltime_warning": 90})})
+    hpcnb = Hpcnb(tmp_path / "state", config=config)
+    hpcnb.env.update(LD_PRELOAD=str(FAKETIME), FAKETIME_TIMESTAMP_FILE=str(offset),
+                     FAKETIME_CACHE_DURATION="1", FAKETIME_DONT_FAKE_MONOTONIC="1")
+    job_id = hpcnb.submit("clockstep", "--time", "00:02:00")  # the warning is due 30 s after its start
+    try:
+        with hpcnb.attach(job_id, "clockstep") as attached:
+            stepped = time.monotonic()
+            offset.write_text("+1h\n")
+            [row] = [r for r in hpcnb.list_json("clockstep") if r["job_id"] == job_id]
+            assert 30 <= row["time_left"] <= 120, row  # the scheduler's own count, not the laptop's
+            while "time limit" not in attached.stderr() and time.monotonic() - stepped < 100:
+                time.sleep(0.5)
+            took = time.monotonic() - stepped
+            assert "reaches its time limit in 1 min" in attached.stderr(), attached.stderr()
+        assert took > 10, took  # not at once, as a wall-clock count would (an hour "later")
+    finally:
+        hpcnb.run("cancel", job_id, "--cluster", "clockstep")

@@ -504,3 +504,15 @@ def test_a_job_that_could_not_make_its_session_folder_says_why(fake: FakeRemote)
     assert "exit code 70:0" in info.value.message
     assert f"could not create ~/.hpcnb/sessions/tb/{JOB}" in info.value.message
     assert "quota" in info.value.message
+
+
+@pytest.mark.parametrize("jump", [3600.0, -3600.0])
+def test_a_clock_step_while_attached_moves_no_warning(fake: FakeRemote, clock: FakeClock, jump: float) -> None:
+    # The laptop's clock steps an hour (NTP, a time zone set wrong, a date command) at t=100:
+    # the warning still comes 600 s before the job's end (t=400), not at once nor never.
+    fake.job("squeue", JOB, RUNNING)
+    clock.at(100, lambda: setattr(clock, "epoch", clock.epoch + jump))
+    w = watch(fake)
+    attach(w, fake, stop_at=700, walltime_end=clock.time() + 1000, warn_before=600)
+
+    assert w.notes == [(400, "job 4 reaches its time limit in 10 min; save your work")]
