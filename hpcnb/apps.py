@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from hpcnb.errors import ConfigError, UsageError
-from hpcnb.names import named_tables
+from hpcnb.names import checked_tables
 
 PLACEHOLDERS = ("host", "port", "socket", "session", "dir", "user")
 LOGINS = ("token", "password")  # token: the URL carries it (?token=); password: the user types it
@@ -149,18 +149,7 @@ _CHECKS = {
 
 def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     """`apps` of a config file -> {name: checked values}; ConfigError naming file and key."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, table in named_tables(raw, where, "apps", "app"):
-        for key, value in table.items():
-            check = _CHECKS.get(key)
-            if check is None:
-                raise ConfigError(f"{where}: apps.{name}: unknown key {key!r} (valid keys: "
-                                  f"{', '.join(sorted(_CHECKS))})")
-            problem = check(value)
-            if problem:
-                raise ConfigError(f"{where}: apps.{name}: {key} must be {problem}, got {value!r}")
-        out[name] = dict(table)
-    return out
+    return checked_tables(raw, where, "apps", "app", _CHECKS)
 
 
 def build(tables: Mapping[str, dict[str, Any]], where: str) -> tuple[App, ...]:

@@ -8,7 +8,7 @@ scheduler directive value without quoting.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from hpcnb.errors import ConfigError
@@ -27,3 +27,21 @@ def named_tables(raw: Any, where: str, key: str, what: str) -> Iterator[tuple[st
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: {key}.{name} must be a table")
         yield name, table
+
+
+def checked_tables(raw: Any, where: str, key: str, what: str,
+                   checks: Mapping[str, Callable[[Any], str | None]]) -> dict[str, dict[str, Any]]:
+    """[KEY.NAME] tables whose every key has a check (None: fine, else what it must be):
+    {name: values}; the first unknown key or bad value is a ConfigError naming file and key."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in named_tables(raw, where, key, what):
+        for field, value in table.items():
+            check = checks.get(field)
+            if check is None:
+                raise ConfigError(f"{where}: {key}.{name}: unknown key {field!r} (valid keys: "
+                                  f"{', '.join(sorted(checks))})")
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"{where}: {key}.{name}: {field} must be {problem}, got {value!r}")
+        out[name] = dict(table)
+    return out

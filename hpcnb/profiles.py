@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpcnb.errors import ConfigError
-from hpcnb.names import NAME_RE, NAME_RULE, named_tables
+from hpcnb.names import NAME_RE, NAME_RULE, checked_tables
 
 REFUSABLE = ("mem", "cpus", "gpus", "account")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,16}\Z")
@@ -123,18 +122,7 @@ _CHECKS = {
 
 def check_tables(raw: Any, where: str) -> dict[str, dict[str, Any]]:
     """`profiles` of a config file -> {name: checked values}; ConfigError naming file and key."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, table in named_tables(raw, where, "profiles", "profile"):
-        for key, value in table.items():
-            check = _CHECKS.get(key)
-            if check is None:
-                raise ConfigError(f"{where}: profiles.{name}: unknown key {key!r} (valid keys: "
-                                  f"{', '.join(sorted(_CHECKS))})")
-            problem = check(value)
-            if problem:
-                raise ConfigError(f"{where}: profiles.{name}: {key} must be {problem}, got {value!r}")
-        out[name] = dict(table)
-    return out
+    return checked_tables(raw, where, "profiles", "profile", _CHECKS)
 
 
 def merge(base: Mapping[str, dict[str, Any]], over: Mapping[str, dict[str, Any]]

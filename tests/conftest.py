@@ -42,6 +42,21 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(KEEPERS, ignore_errors=True)
 
 
+@pytest.fixture
+def job(hpcnb):
+    """submit(cluster) -> a job id of a running notebook (15 min), through the module's `hpcnb`
+    fixture; every job submitted is cancelled after the test."""
+    jobs: list[tuple[str, str]] = []
+
+    def submit(cluster: str) -> str:
+        jobs.append((cluster, hpcnb.submit(cluster, "--hours", "0.25")))
+        return jobs[-1][1]
+
+    yield submit
+    for cluster, job_id in jobs:
+        hpcnb.run("cancel", job_id, "--cluster", cluster)
+
+
 @pytest.fixture(scope="session")
 def testbed():
     """The real cluster (Slurm, sshd, namespaces), brought up once per run, or reused if running."""

@@ -17,17 +17,6 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
     return Hpcnb(tmp_path / "state", config=testbed, home=tmp_path)
 
 
-@pytest.fixture
-def job(hpcnb):
-    jobs: dict[str, str] = {}
-
-    def submit(cluster: str) -> str:
-        jobs[cluster] = hpcnb.submit(cluster, "--hours", "0.25")
-        return jobs[cluster]
-
-    yield submit
-    for cluster, job_id in jobs.items():
-        hpcnb.run("cancel", job_id, "--cluster", cluster)
 
 
 def _node(hpcnb: Hpcnb, cluster: str, job_id: str) -> str:

@@ -33,17 +33,6 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
     return Hpcnb(tmp_path / "state", config=config, home=tmp_path)
 
 
-@pytest.fixture
-def job(hpcnb):
-    jobs: list[tuple[str, str]] = []
-
-    def submit(cluster: str) -> str:
-        jobs.append((cluster, hpcnb.submit(cluster, "--hours", "0.25")))
-        return jobs[-1][1]
-
-    yield submit
-    for cluster, job_id in jobs:
-        hpcnb.run("cancel", job_id, "--cluster", cluster)
 
 
 def node_of(hpcnb: Hpcnb, cluster: str, job_id: str) -> str:

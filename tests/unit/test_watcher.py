@@ -507,7 +507,8 @@ def test_a_job_that_could_not_make_its_session_folder_says_why(fake: FakeRemote)
 
 
 @pytest.mark.parametrize("jump", [3600.0, -3600.0])
-def test_a_clock_step_while_attached_moves_no_warning(fake: FakeRemote, clock: FakeClock, jump: float) -> None:
+def test_a_clock_step_while_attached_moves_no_warning(fake: FakeRemote, clock: FakeClock,
+                                                     jump: float) -> None:
     # The laptop's clock steps an hour (NTP, a time zone set wrong, a date command) at t=100:
     # the warning still comes 600 s before the job's end (t=400), not at once nor never.
     fake.job("squeue", JOB, RUNNING)
