@@ -276,22 +276,27 @@ class JobWatcher:
 
     def _raise_if_requeued(self, conn: Remote, status: JobStatus | None) -> None:
         """The notebook stopped (or the job is queued again) while the scheduler keeps the job:
-        requeued (Slurm's REQUEUED/PENDING, PBS's Q after qrerun). A job still shown running or
-        completing may be on its way to either, so the scheduler is asked again for a few
-        seconds; a job that ends is left to the caller."""
+        requeued (Slurm's REQUEUED/PENDING, PBS's Q after qrerun), or already started again (its
+        new run removed the old `ended` file). A job still shown running or completing may be on
+        its way to either, so the scheduler is asked again for a few seconds; a job that ends is
+        left to the caller."""
+        stale = self._ended_bytes(conn)
         for _ in range(REQUEUE_CHECKS):
             if status is not None and (status.state.is_final or status.state is JobState.UNKNOWN):
                 return
-            if status is not None and status.state in (JobState.PENDING, JobState.HELD):
-                try:
-                    stale: bytes | None = conn.read_file(self.files.ended)
-                except FileNotFoundError:
-                    stale = None
-                why = status.reason or status.raw_state
+            again = status is not None and status.state in (JobState.PENDING, JobState.HELD)
+            if again or (stale is not None and self._ended_bytes(conn) is None):
+                why = (status.reason or status.raw_state) if status is not None and again else "run again"
                 raise JobRequeued(f"job {self.job_id} was put back in the queue by the scheduler "
                                   f"({why}); its notebook will start again", stale_ended=stale)
             self.clock.sleep(self.policy.requeue_pause)
             status = self.status(conn)
+
+    def _ended_bytes(self, conn: Remote) -> bytes | None:
+        try:
+            return conn.read_file(self.files.ended)
+        except FileNotFoundError:
+            return None
 
     # ---- logs -f and cancel --------------------------------------------------------------------
 

@@ -39,3 +39,25 @@ def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
             attached.detach()
     finally:
         hpcnb.run("cancel", job_id, "--cluster", "testbed")
+
+
+def test_a_pbs_job_rerun_is_followed_on_the_same_local_port(testbed, tmp_path):
+    # qrerun(8B) as the PBS manager: the job is killed and queued again, then runs again at once.
+    from testbed import openpbs
+    from testbed.topology import LOGIN, OPENPBS_PREFIX
+
+    hpcnb = Hpcnb(tmp_path / "state", config=testbed)
+    job_id = hpcnb.submit("testbed-openpbs", "--hours", "0.25")
+    try:
+        attached = hpcnb.attach(job_id, "testbed-openpbs")
+        try:
+            port, old_token = attached.port, attached.token
+            openpbs.run(LOGIN, [str(OPENPBS_PREFIX / "bin" / "qrerun"), job_id])
+            url = attached.next_url(timeout=180)
+            assert "put back in the queue by the scheduler" in attached.stderr(), attached.stderr()
+            assert url.startswith(f"http://127.0.0.1:{port}/lab?token=") and old_token not in url
+            assert attached.http("GET", "/api/status")[0] == 200
+        finally:
+            attached.detach()
+    finally:
+        hpcnb.run("cancel", job_id, "--cluster", "testbed-openpbs")
