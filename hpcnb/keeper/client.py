@@ -45,7 +45,9 @@ def route_parts(cfg: Any) -> dict[str, object]:
         # hpcnb's own `Include hpcnb.conf` (hpcnb code) adds only hpcnb-* hosts: not a new route.
         text = b"".join(line for line in ssh_config.read_bytes().splitlines(keepends=True)
                         if not line.lstrip().startswith(b"Include hpcnb.conf"))
-        config_hash = hashlib.sha256(text).hexdigest()
+        # A config that is nothing but that line (hpcnb code made the file) is no config at all:
+        # the same route, so the same keeper (a new one would mean a new login, an MFA code).
+        config_hash = hashlib.sha256(text).hexdigest() if text.strip() else ""
     except OSError:
         config_hash = ""
     from hpcnb.paths import state_dir

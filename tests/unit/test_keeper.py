@@ -112,6 +112,14 @@ def test_route_key_follows_the_ssh_config_text(route_env: Path) -> None:
     assert client.route_parts(cfg)["ssh_config"] == str(route_env)
 
 
+def test_a_config_that_is_only_hpcnbs_include_is_the_same_route(route_env: Path) -> None:
+    absent = client.route_key_of(cluster_cfg())
+    route_env.write_text("Include hpcnb.conf  # VS Code hosts of `hpcnb code` (remove to undo)\n")
+    assert client.route_key_of(cluster_cfg()) == absent
+    route_env.write_text("Include hpcnb.conf\nHost login.example.org\n  User alice\n")
+    assert client.route_key_of(cluster_cfg()) != absent
+
+
 def test_route_key_follows_the_state_dir(route_env: Path, monkeypatch: pytest.MonkeyPatch,
                                          tmp_path: Path) -> None:
     before = client.route_key_of(cluster_cfg())
