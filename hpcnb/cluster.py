@@ -233,8 +233,7 @@ class Cluster:
         folder = f"{hs.SESSIONS_DIR}/{self.cfg.machine}"
         listing = self.remote.run(["ls", "-1t", "--", folder])  # newest first; none: no folder
         ids = [n for n in listing.stdout.split() if hs.JOB_ID_RE.match(n)] if listing.ok else []
-        known = {r.job_id for r in self.store.list(self.name)}
-        new = [job_id for job_id in ids if job_id not in known][:LOOK_LIMIT]
+        new = ids[:LOOK_LIMIT]  # the store knows none of them (see refresh_sessions)
         statuses = self.batch.statuses(new) if new else {}
         found = [statuses[job_id] for job_id in new
                  if job_id in statuses and not statuses[job_id].state.is_final]

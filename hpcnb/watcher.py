@@ -152,11 +152,8 @@ class JobWatcher:
 
     def _ended(self, remote: Remote, stale: bytes | None) -> int | bool | None:
         """hs.read_ended, but a requeued job's old `ended` file (stale) counts as none."""
-        try:
-            data = remote.read_file(self.files.ended)
-        except FileNotFoundError:
-            return False
-        return False if stale is not None and data == stale else hs.parse_ended(data)
+        data = self._ended_bytes(remote)
+        return False if data is None or data == stale else hs.parse_ended(data)
 
     def wait_ready(self, on_event: Callable[[WaitEvent], None] = _ignore, *,
                    stale: tuple[str, bytes | None] | None = None) -> hs.Handshake:

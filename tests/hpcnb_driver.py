@@ -51,6 +51,11 @@ class Hpcnb:
     def list_json(self, cluster: str, *extra: str) -> list[dict]:
         return json.loads(self.run("list", "--cluster", cluster, "--json", *extra, check=True).stdout)
 
+    def row(self, cluster: str, job_id: str, *extra: str) -> dict:
+        """The job's row of `list --json` (exactly one)."""
+        [found] = [r for r in self.list_json(cluster, *extra) if r["job_id"] == job_id]
+        return found
+
     def attach(self, job_id: str, cluster: str, *extra: str) -> Attached:
         return Attached(self, job_id, cluster, extra)
 

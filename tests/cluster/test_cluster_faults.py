@@ -8,19 +8,12 @@ import subprocess
 import time
 
 import pytest
-from fixtures import CLUSTER_CMD, ssh
+from fixtures import CLUSTER_CMD, admin_scontrol, ssh
 from hpcnb_driver import Hpcnb, derived_config
 from testbed.proc import in_host, read_pid, stop_pid
 from testbed.topology import LOGIN, SLURM_CONF
 
 pytestmark = pytest.mark.cluster
-
-
-def admin_scontrol(*args: str) -> None:
-    """scontrol as Slurm's administrator, in login1's namespace."""
-    proc = subprocess.run(in_host(LOGIN, ["scontrol", *args]), capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
-    assert proc.returncode == 0, proc.stderr
 
 
 def _state(hpcnb: Hpcnb, job_id: str) -> str:

@@ -17,19 +17,12 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
     return Hpcnb(tmp_path / "state", config=testbed, home=tmp_path)
 
 
-
-
-def _node(hpcnb: Hpcnb, cluster: str, job_id: str) -> str:
-    [row] = [r for r in hpcnb.list_json(cluster) if r["job_id"] == job_id]
-    return row["node"]
-
-
 @pytest.mark.parametrize("cluster", ["testbed", "testbed-openssh", "testbed-socket"])
 def test_ssh_runs_a_command_on_the_jobs_node(hpcnb, job, cluster):
     job_id = job(cluster)
     proc = hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "hostname")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == _node(hpcnb, cluster, job_id)
+    assert proc.stdout.strip() == hpcnb.row(cluster, job_id)["node"]
     failing = hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "exit 7")
     assert failing.returncode == 7, failing.stderr  # the command's exit status, as ssh gives it
 
@@ -55,7 +48,7 @@ def test_code_writes_a_host_entry_that_system_ssh_rides(hpcnb, job, tmp_path):
     ssh = subprocess.run(["ssh", "-F", str(entries), "-o", "BatchMode=yes", alias, "hostname"],
                          capture_output=True, text=True, timeout=60, env=hpcnb.env)
     assert ssh.returncode == 0, ssh.stderr
-    assert ssh.stdout.strip() == _node(hpcnb, "testbed", job_id)
+    assert ssh.stdout.strip() == hpcnb.row("testbed", job_id)["node"]
     assert "StrictHostKeyChecking yes" in entries.read_text()
     # The job ends: its entry goes.
     assert hpcnb.run("cancel", job_id, "--cluster", "testbed").returncode == 0

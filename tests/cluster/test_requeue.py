@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from fixtures import admin_scontrol
 from hpcnb_driver import Hpcnb
-from test_cluster_faults import admin_scontrol
 
 pytestmark = pytest.mark.cluster
 

@@ -33,20 +33,13 @@ def hpcnb(testbed, tmp_path) -> Hpcnb:
     return Hpcnb(tmp_path / "state", config=config, home=tmp_path)
 
 
-
-
-def node_of(hpcnb: Hpcnb, cluster: str, job_id: str) -> str:
-    [row] = [r for r in hpcnb.list_json(cluster) if r["job_id"] == job_id]
-    return row["node"]
-
-
 @pytest.mark.parametrize("cluster", ["step-kept", "step-plain", "step-openssh"])
 def test_a_command_steps_into_the_job(hpcnb, job, cluster):
     job_id = job(cluster)
     proc = hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "hostname; echo step=$SLURM_STEP_ID")
     assert proc.returncode == 0, proc.stderr
     name, step = proc.stdout.split()
-    assert name == node_of(hpcnb, cluster, job_id) and step.startswith("step=")
+    assert name == hpcnb.row(cluster, job_id)["node"] and step.startswith("step=")
     assert hpcnb.run("ssh", job_id, "--cluster", cluster, "--", "exit 7").returncode == 7
     argv = [sys.executable, "-m", "hpcnb", "ssh", job_id, "--cluster", cluster, "--", "tr a-z A-Z"]
     cat = subprocess.run(argv, input="through stdin\n", capture_output=True, text=True, env=hpcnb.env,
@@ -106,7 +99,7 @@ def test_an_interactive_shell_has_a_terminal_of_this_size_and_ctrl_c(hpcnb, job,
     term.send("stty size; tty; echo at=$(hostname)\n")
     term.expect("31 97")
     term.expect("/dev/pts/")
-    term.expect(f"at={node_of(hpcnb, cluster, job_id)}")
+    term.expect(f"at={hpcnb.row(cluster, job_id)['node']}")
     term.resize(40, 120)
     time.sleep(1)  # the new size travels to the far pty
     term.send("stty size\n")

@@ -144,3 +144,12 @@ def sshd_pids_serving(pids: list[int], host: topology.Host = topology.LOGIN,
         found += [int(p) for p in re.findall(r"pid=(\d+)", inside)]
     assert found, f"no sshd found in {host.name} for the connection"
     return sorted(set(found))
+
+
+def admin_scontrol(*args: str) -> None:
+    """scontrol as Slurm's administrator, in login1's namespace (requeue, a node down)."""
+    from testbed.proc import in_host
+
+    proc = subprocess.run(in_host(topology.LOGIN, ["scontrol", *args]), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "SLURM_CONF": str(topology.SLURM_CONF)})
+    assert proc.returncode == 0, proc.stderr
