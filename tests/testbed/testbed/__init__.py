@@ -11,7 +11,7 @@ from .proc import TestbedError, read_pid, stop_pid
 from .topology import CODE_SERVER_PREFIX, HOSTS, NODES, OPENPBS_PREFIX, PIDS, ROOT, SGE_PREFIX
 
 # Stopped in this order: the entry points first, the databases last.
-DAEMONS = ("sshd-gateway", "sshd-login1", *(f"sshd-{n.name}" for n in NODES), *sge.DAEMONS,
+DAEMONS = ("sshd-gateway", "sshd-login1", "sshd-login2", *(f"sshd-{n.name}" for n in NODES), *sge.DAEMONS,
            *openpbs.DAEMONS,
            *(f"slurmd-{n.name}" for n in NODES), "slurmctld", "slurmdbd", "mariadb", "munged")
 

@@ -14,6 +14,8 @@ from .topology import (
     KNOWN_HOSTS,
     LOG,
     LOGIN,
+    LOGIN2,
+    LOGIN_ALIAS,
     LOGIN_INNER_ADDR,
     NODES,
     OATH_USERS,
@@ -198,6 +200,12 @@ Host tb-login-pc
     HostName {login_outer}
     ProxyCommand socat - TCP:%h:%p
 
+# The round-robin name of login2 and login1 (topology.LOGIN_ALIAS): a login node that stops
+# answering is left after 5 s x 2 (ServerAliveInterval x ServerAliveCountMax), not 30 s x 3.
+Host {login_alias}
+    ServerAliveInterval 5
+    ServerAliveCountMax 2
+
 Host tb-*
     User {user}
     IdentityFile {identity}
@@ -210,8 +218,8 @@ Host tb-*
 def ssh_config_text() -> str:
     return SSH_CONFIG_TEXT.format(
         gateway=GATEWAY.addr, login_inner=LOGIN_INNER_ADDR, login_outer=LOGIN.addr,
-        node01=NODES[0].addr, user=USERS[0], identity=CLIENT / f"id_ed25519_{USERS[0]}",
-        known_hosts=KNOWN_HOSTS)
+        node01=NODES[0].addr, login_alias=LOGIN_ALIAS, user=USERS[0],
+        identity=CLIENT / f"id_ed25519_{USERS[0]}", known_hosts=KNOWN_HOSTS)
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
@@ -272,7 +280,7 @@ def write_all(host_key_of) -> set[str]:
     dbd = ETC / "slurmdbd.conf"
     dbd.write_text(SLURMDBD_CONF_TEXT.format(login_addr=LOGIN_INNER_ADDR, run=RUN, log=LOG))
     dbd.chmod(0o600)  # slurmdbd refuses a config readable by others
-    changed = {host.name for host in (LOGIN, *NODES)
+    changed = {host.name for host in (LOGIN, LOGIN2, *NODES)
                if write_atomic(sshd_conf_path(host), sshd_conf_text(host, host_key_of(host)))}
     write_gateway(host_key_of)
     ETC.chmod(0o755)

@@ -1,5 +1,6 @@
-"""Network namespaces and veth links: laptop <-> login1 <-> (bridge) <-> node01, node02, and
-laptop <-> gateway <-> (login1's bridge): the gateway reaches login1's inner address, the laptop does not."""
+"""Network namespaces and veth links: laptop <-> login1 <-> (bridge) <-> node01, node02;
+laptop <-> gateway <-> (login1's bridge): the gateway reaches login1's inner address, the laptop does not;
+laptop <-> login2 <-> (login1's bridge), and the laptop's name for both login nodes (LOGIN_ALIAS)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ from pathlib import Path
 from .proc import sh
 from .topology import (
     GATEWAY,
-    GATEWAY_ADDR,
     GATEWAY_IF,
-    GATEWAY_INNER_ADDR,
     GATEWAY_LAPTOP_ADDR,
     HOSTS,
     LAPTOP_ADDR,
+    LAPTOP_HOSTS,
     LAPTOP_IF,
     LOGIN,
+    LOGIN2,
+    LOGIN2_IF,
+    LOGIN2_LAPTOP_ADDR,
+    LOGIN_ALIAS,
     LOGIN_INNER_ADDR,
     NODES,
     TESTBED_NET,
     Host,
 )
+
+LAPTOP_LINKS = (LAPTOP_IF, GATEWAY_IF, LOGIN2_IF)
 
 
 def namespace_exists(host: Host) -> bool:
@@ -37,8 +43,8 @@ def hosts_file(host: Host) -> Path:
 
 
 def up() -> None:
-    # Inside the cluster the gateway is known by its address on the bridge.
-    names = "".join(f"{GATEWAY_INNER_ADDR if h is GATEWAY else h.addr}\t{h.name}\n" for h in HOSTS)
+    # Inside the cluster the gateway and login2 are known by their addresses on the bridge.
+    names = "".join(f"{h.cluster_addr or h.addr}\t{h.name}\n" for h in HOSTS)
     for host in HOSTS:
         hosts_file(host).parent.mkdir(parents=True, exist_ok=True)
         hosts_file(host).write_text(f"127.0.0.1\tlocalhost\n{names}")
@@ -78,25 +84,63 @@ def up() -> None:
         # reverse-resolves each interface address as it starts (::1, fe80::...: 2 x 20 s).
         sh(["ip", "-n", node.name, "route", "replace", TESTBED_NET, "via", LOGIN_INNER_ADDR])
         sh(["ip", "-n", node.name, "route", "del", "default"], check=False)
-    gateway_up()
+    two_legged_up(GATEWAY, GATEWAY_IF, GATEWAY_LAPTOP_ADDR)
+    two_legged_up(LOGIN2, LOGIN2_IF, LOGIN2_LAPTOP_ADDR)
+    laptop_names_up()
 
 
-def gateway_up() -> None:
-    """The gateway's two links; added to a running testbed without touching the others."""
-    if not link_exists(GATEWAY_IF):
-        sh(["ip", "link", "add", GATEWAY_IF, "type", "veth", "peer", "name", "eth0",
-            "netns", GATEWAY.name])
-        sh(["ip", "addr", "add", f"{GATEWAY_LAPTOP_ADDR}/30", "dev", GATEWAY_IF])
-        sh(["ip", "-n", GATEWAY.name, "addr", "add", f"{GATEWAY_ADDR}/30", "dev", "eth0"])
-    sh(["ip", "link", "set", GATEWAY_IF, "up"])
-    sh(["ip", "-n", GATEWAY.name, "link", "set", "eth0", "up"])
-    port = f"v-{GATEWAY.name}"
+def two_legged_up(host: Host, laptop_if: str, laptop_addr: str) -> None:
+    """A host with a link to the laptop (its `addr`) and one on login1's bridge (its
+    `cluster_addr`): the gateway, login2. Added to a running testbed without touching the others."""
+    if not link_exists(laptop_if):
+        sh(["ip", "link", "add", laptop_if, "type", "veth", "peer", "name", "eth0", "netns", host.name])
+        sh(["ip", "addr", "add", f"{laptop_addr}/30", "dev", laptop_if])
+        sh(["ip", "-n", host.name, "addr", "add", f"{host.addr}/30", "dev", "eth0"])
+    sh(["ip", "link", "set", laptop_if, "up"])
+    sh(["ip", "-n", host.name, "link", "set", "eth0", "up"])
+    port = f"v-{host.name}"
     if not link_exists(port, LOGIN.name):
         sh(["ip", "-n", LOGIN.name, "link", "add", port, "type", "veth", "peer", "name", "eth1",
-            "netns", GATEWAY.name])
-        sh(["ip", "-n", GATEWAY.name, "addr", "add", f"{GATEWAY_INNER_ADDR}/24", "dev", "eth1"])
+            "netns", host.name])
+        sh(["ip", "-n", host.name, "addr", "add", f"{host.cluster_addr}/24", "dev", "eth1"])
     sh(["ip", "-n", LOGIN.name, "link", "set", port, "master", "br0", "up"])
-    sh(["ip", "-n", GATEWAY.name, "link", "set", "eth1", "up"])
+    sh(["ip", "-n", host.name, "link", "set", "eth1", "up"])
+
+
+# The laptop's /etc/hosts gets one marked block: LOGIN_ALIAS on both login nodes' outer addresses.
+# glibc's getaddrinfo returns every address a name has in /etc/hosts (host.conf(5) "multi on",
+# Debian's default), in file order, as a resolver returns a round-robin name's records.
+HOSTS_BEGIN = "# hpcnb testbed begin (tests/testbed/cluster; removed by `down`)\n"
+HOSTS_END = "# hpcnb testbed end\n"
+
+
+def laptop_names_block() -> str:
+    # login2 first: a test takes the first-listed node down to send hpcnb to the other, and login2
+    # carries nothing else (other tests and the benchmarks use login1 by its address meanwhile).
+    return f"{HOSTS_BEGIN}{LOGIN2.addr}\t{LOGIN_ALIAS}\n{LOGIN.addr}\t{LOGIN_ALIAS}\n{HOSTS_END}"
+
+
+def _without_block(text: str) -> str:
+    start = text.find(HOSTS_BEGIN)
+    if start < 0:
+        return text
+    end = text.find(HOSTS_END, start)
+    return text[:start] + (text[end + len(HOSTS_END):] if end >= 0 else "")
+
+
+def laptop_names_up() -> None:
+    text = LAPTOP_HOSTS.read_text()
+    wanted = _without_block(text)
+    wanted += ("" if not wanted or wanted.endswith("\n") else "\n") + laptop_names_block()
+    if wanted != text:
+        # In place, not by rename: /etc/hosts is often a bind mount (containers).
+        LAPTOP_HOSTS.write_text(wanted)
+
+
+def laptop_names_down() -> None:
+    text = LAPTOP_HOSTS.read_text()
+    if HOSTS_BEGIN in text:
+        LAPTOP_HOSTS.write_text(_without_block(text))
 
 
 def down() -> None:
@@ -107,9 +151,10 @@ def down() -> None:
         if hosts_file(host).exists():
             hosts_file(host).unlink()
             hosts_file(host).parent.rmdir()
-    for link in (LAPTOP_IF, GATEWAY_IF):
+    for link in LAPTOP_LINKS:
         if link_exists(link):
             sh(["ip", "link", "del", link], check=False)
+    laptop_names_down()
     if unreachable_route_present():
         sh(["ip", "route", "del", "unreachable", TESTBED_NET], check=False)
 
@@ -128,7 +173,9 @@ def pids_in(host: Host) -> list[int]:
 def leftovers() -> list[str]:
     """What of the network part is still there (for `status` and for the teardown test)."""
     found = [f"namespace {h.name}" for h in HOSTS if namespace_exists(h)]
-    found += [f"link {link}" for link in (LAPTOP_IF, GATEWAY_IF) if link_exists(link)]
+    found += [f"link {link}" for link in LAPTOP_LINKS if link_exists(link)]
+    if HOSTS_BEGIN in LAPTOP_HOSTS.read_text():
+        found.append(f"{LOGIN_ALIAS} in {LAPTOP_HOSTS}")
     if unreachable_route_present():
         found.append(f"route {TESTBED_NET}")
     return found

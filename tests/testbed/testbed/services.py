@@ -19,6 +19,7 @@ from .topology import (
     GATEWAY_PAM_SERVICE,
     LOG,
     LOGIN,
+    LOGIN2,
     MYSQL_DATA,
     NODES,
     PBS_LOGIN_PORT,
@@ -154,9 +155,9 @@ def start_all() -> None:
     start_slurm()
     openpbs.up()
     sge.up()
-    for host in (LOGIN, *NODES, GATEWAY):
+    for host in (LOGIN, LOGIN2, *NODES, GATEWAY):
         start_sshd(host, config_changed=host.name in changed)
-    for host in (LOGIN, *NODES, GATEWAY):
+    for host in (LOGIN, LOGIN2, *NODES, GATEWAY):
         wait_for_sshd(host)
 
 

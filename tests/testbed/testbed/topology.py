@@ -46,6 +46,16 @@ GATEWAY_INNER_ADDR = "10.213.1.2"  # on login1's bridge
 GATEWAY_PAM_SERVICE = "hpcnb-tb-gateway"  # sshd's PAM service is the name it runs under
 OATH_USERS = ETC / "users.oath"  # what pam_oath reads (and writes: it records the last code used)
 TOTP_SECRETS = CLIENT / "totp"  # the laptop side's copy of each user's TOTP secret (hex), per user
+# login2 (issue 16): a second login node, on login1's bridge like the gateway, with its own link to the
+# laptop and its own host key. Both login nodes are behind LOGIN_ALIAS, a name the laptop resolves to
+# both outer addresses (a block in the machine's /etc/hosts, removed by `down`), as a site's
+# round-robin DNS name is. `.test` is reserved (RFC 2606): it resolves nowhere else.
+LOGIN2_IF = "hpcnb-lap2"
+LOGIN2_LAPTOP_ADDR = "10.213.3.1"
+LOGIN2_ADDR = "10.213.3.2"  # what the laptop connects to
+LOGIN2_INNER_ADDR = "10.213.1.3"  # on login1's bridge: slurmctld, slurmdbd, the nodes
+LOGIN_ALIAS = "login.hpcnbtb.test"
+LAPTOP_HOSTS = Path("/etc/hosts")
 SSH_CONFIG = CLIENT / "ssh_config"  # an ~/.ssh/config for the laptop side: tb-gateway, tb-login, ...
 BIN = ROOT / "bin"
 
@@ -55,20 +65,23 @@ class Host:
     name: str
     addr: str  # the address others use to reach it
     role: str  # "login", "compute" or "gateway"
+    cluster_addr: str = ""  # the address the cluster's hosts know it by, when not `addr`
 
 
 LOGIN = Host("login1", LOGIN_OUTER_ADDR, "login")
+LOGIN2 = Host("login2", LOGIN2_ADDR, "login", LOGIN2_INNER_ADDR)
 NODES = (Host("node01", "10.213.1.11", "compute"), Host("node02", "10.213.1.12", "compute"))
-GATEWAY = Host("gateway", GATEWAY_ADDR, "gateway")
-HOSTS = (LOGIN, *NODES, GATEWAY)
+GATEWAY = Host("gateway", GATEWAY_ADDR, "gateway", GATEWAY_INNER_ADDR)
+HOSTS = (LOGIN, LOGIN2, *NODES, GATEWAY)
 
 
 def key_names(host: Host) -> list[str]:
     """The names the laptop may know a host's key under (login1 also by its inner address, which the
-    laptop reaches through the gateway, and as the OpenPBS and Grid Engine clusters' login ports)."""
+    laptop reaches through the gateway, and as the OpenPBS and Grid Engine clusters' login ports).
+    Both login nodes' keys are listed under LOGIN_ALIAS, as a user of a round-robin name has them."""
     extra = {LOGIN.name: [LOGIN_INNER_ADDR, f"[{LOGIN.addr}]:{PBS_LOGIN_PORT}",
-                          f"[{LOGIN.addr}]:{SGE_LOGIN_PORT}"],
-             GATEWAY.name: []}.get(host.name, [])
+                          f"[{LOGIN.addr}]:{SGE_LOGIN_PORT}", LOGIN_ALIAS],
+             LOGIN2.name: [LOGIN_ALIAS]}.get(host.name, [])
     return [host.name, host.addr, *extra]
 
 
