@@ -53,6 +53,11 @@ class SSHError(HpcnbError):
     exit_code = 4
 
 
+class CommandNotStarted(SSHError):
+    """The connection failed before a command's channel opened: the command never ran, so it is
+    safe to run it again on a new connection (a submit included)."""
+
+
 class AuthenticationFailed(SSHError):
     """The host answered but refused our login (key, passphrase or one-time code).
 

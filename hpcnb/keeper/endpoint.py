@@ -82,7 +82,14 @@ def endpoint_for(key: str, folder: Path, platform: str = sys.platform,
         # Named pipes live in one machine-wide namespace: the user's name keeps them apart.
         who = user or os.environ.get("USERNAME", "user")
         return Endpoint(key, "AF_PIPE", rf"\\.\pipe\hpcnb-{who}-{key}", folder)
-    return Endpoint(key, "AF_UNIX", str(folder / f"{key}.sock"), folder)
+    address = str(folder / f"{key}.sock")
+    # sockaddr_un's sun_path holds 108 bytes on Linux, 104 on macOS and the BSDs, with the NUL.
+    limit = 107 if platform.startswith("linux") else 103
+    if len(os.fsencode(address)) > limit:
+        raise KeeperError(f"the keepers' folder {folder} is too long for a unix socket in it "
+                          f"({len(os.fsencode(address))} bytes with the socket's name, at most {limit})",
+                          hint=f"set {RUNTIME_ENV} to a shorter folder, e.g. /tmp/hpcnb-{os.getuid()}")
+    return Endpoint(key, "AF_UNIX", address, folder)
 
 
 def private_folder(folder: Path) -> Path:

@@ -30,7 +30,14 @@ from multiprocessing import connection as mpc
 from multiprocessing.connection import Client, Listener
 from typing import Any
 
-from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, KeeperError, SSHError
+from hpcnb.errors import (
+    AuthenticationFailed,
+    CommandNotStarted,
+    HostKeyError,
+    HpcnbError,
+    KeeperError,
+    SSHError,
+)
 from hpcnb.keeper import wire
 from hpcnb.keeper.endpoint import Endpoint
 from hpcnb.keeper.lines import ClientLine, LineClosed, PromptRelay
@@ -117,7 +124,8 @@ class Keeper:
                 self._ending = f"cannot log in: {exc}"
                 raise
             self.logins += 1
-            _log.info("logged in (%d) over %s", self.logins, self._remote.route)
+            _log.info("logged in (%d) over %s%s", self.logins, self._remote.route,
+                      f" at {self._remote.reached}" if self._remote.reached else "")
             return self._remote
 
     def _connect(self, asker: ClientLine | None, *, again: bool) -> SSHRemote:
@@ -206,14 +214,23 @@ class Keeper:
             tunnels = list(self._tunnels.values())
         return {"pid": os.getpid(), "cluster": self.spec.cluster, "key": self.spec.key,
                 "route": remote.route if remote is not None else self.spec.login_host,
+                "reached": remote.reached if remote is not None else None,
                 "logged_in": remote is not None and remote.is_alive(), "logins": self.logins,
                 "since": self.since, "idle_s": round(idle, 1), "persist_s": self.spec.idle_s,
                 "tunnels": tunnels}
 
     def _run(self, line: ClientLine, request: dict[str, Any]) -> None:
+        argv, stdin = [str(a) for a in request.get("argv", [])], request.get("stdin")
+        timeout = float(request.get("timeout", 60.0))
         remote = self.login(line)
-        result = remote.run([str(a) for a in request.get("argv", [])], stdin=request.get("stdin"),
-                            timeout=float(request.get("timeout", 60.0)))
+        try:
+            result = remote.run(argv, stdin=stdin, timeout=timeout)
+        except CommandNotStarted:
+            if remote.is_alive():
+                raise
+            # Its login node went away (hpcnb.ssh.dial.drop_when_unanswered): once more on a new login.
+            _log.info("the login connection died before `%s` started; logging in again", argv[0])
+            result = self.login(line).run(argv, stdin=stdin, timeout=timeout)
         line.send({"result": {"exit_status": result.exit_status, "stdout": result.stdout,
                               "stderr": result.stderr}})
 

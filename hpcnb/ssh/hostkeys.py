@@ -174,31 +174,37 @@ class KnownHosts:
                     known.append(alg)
         return known + [a for a in offered if a not in known]
 
-    def verify(self, names: Sequence[str], key: paramiko.PKey, *, accept_new: bool = False) -> str | None:
+    def verify(self, names: Sequence[str], key: paramiko.PKey, *, accept_new: bool = False,
+               reached: str | None = None) -> str | None:
         """Accept `key` for `names` or raise HostKeyError. Returns the file a new key was added
-        to (accept_new), else None."""
+        to (accept_new), else None. `reached`: the address that answered, named in the errors when
+        the name is not that address (a name with several login nodes behind it)."""
         label, fp, shown = key_label(key), fingerprint(key), names[0]
+        where = f"{shown} (reached at {reached})" if reached and reached not in shown else shown
         entries = self.for_names(names)
         for entry in entries:
             if entry.revoked and entry.key == key:
                 raise HostKeyError(
-                    f"the {label} host key of {shown} ({fp}) is marked @revoked in {entry.where}"
+                    f"the {label} host key of {where} ({fp}) is marked @revoked in {entry.where}"
                 )
         if any(e.key == key and not e.revoked for e in entries):
             return None
         changed = [e for e in entries if not e.revoked and e.key.get_name() == key.get_name()]
         if changed:
             first = changed[0]
+            other_node = (f", or another of the login nodes behind the name {shown}"
+                          if where != shown else "")
             raise HostKeyError(
-                f"HOST KEY CHANGED for {shown}: it presented {label} key {fp}, but "
+                f"HOST KEY CHANGED for {where}: it presented {label} key {fp}, but "
                 f"{first.where} has {fingerprint(first.key)}",
-                hint="this can be an attack (or a reinstalled host); confirm the new fingerprint "
-                f"with your admins, then remove the old line, e.g. ssh-keygen -R '{shown}'"
-                f" -f {first.path}",
+                hint=f"this can be an attack (or a reinstalled host{other_node}); confirm the new "
+                "fingerprint with your admins, then remove the old line, e.g. ssh-keygen -R "
+                f"'{shown}' -f {first.path}" + (
+                    ", or for another login node add a line for this key beside it" if other_node else ""),
             )
         if not accept_new:
             raise HostKeyError(
-                f"unknown host key for {shown}: {label} {fp} (not in {', '.join(self.paths)})",
+                f"unknown host key for {where}: {label} {fp} (not in {', '.join(self.paths)})",
                 hint="compare the fingerprint with your site's documentation, then accept it "
                 f"with --accept-new-host-key, which adds it to {self.paths[0]}",
             )

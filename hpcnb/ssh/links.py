@@ -17,7 +17,14 @@ import paramiko
 from hpcnb.errors import SSHError
 from hpcnb.ssh import auth
 from hpcnb.ssh.route import Hop
-from hpcnb.ssh.transport import Login, SSHTransport, open_tcp, open_transport, tcp_socket
+from hpcnb.ssh.transport import (
+    Login,
+    SSHTransport,
+    open_tcp,
+    open_transport,
+    peer_address,
+    tcp_socket,
+)
 
 
 class Link:
@@ -28,6 +35,13 @@ class Link:
 
     def alive(self) -> bool:
         return self.transport.is_active() and (self.via is None or self.via.alive())
+
+    def first_peer(self) -> str | None:
+        """The address the route's first TCP connection reached (None through a ProxyCommand)."""
+        first = self
+        while first.via is not None:
+            first = first.via
+        return peer_address(first.transport.sock)
 
     def release(self) -> None:
         with _LINKS_LOCK:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import paramiko
 
-from hpcnb.errors import CommandError, SSHError
+from hpcnb.errors import CommandError, CommandNotStarted, SSHError
 from hpcnb.remote import CommandResult, logged, shell_command
 from hpcnb.ssh import auth, hostkeys, route
 from hpcnb.ssh.links import Link, open_route
@@ -60,6 +60,7 @@ class SSHRemote:
         self.parent = parent  # the login host a node hop (jump) goes through
         self._link = link  # a login's link is released (shared links stay up for others)
         self.route = f"{user}@{host}:{port}"
+        self.reached: str | None = None  # the address that answered (one of a name's login nodes)
         self._children: list[SSHRemote] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
@@ -117,6 +118,7 @@ class SSHRemote:
         remote = cls(link.transport, host=last.hostname, port=last.port, user=last.user, login=login,
                      link=link)
         remote.route = route.describe(hops)
+        remote.reached = link.first_peer()
         return remote
 
     def jump(
@@ -201,6 +203,10 @@ class SSHRemote:
         deadline = time.monotonic() + timeout
         try:
             chan = self.transport.open_session(timeout=timeout)
+        except CONNECTION_ERRORS as exc:
+            raise CommandNotStarted(
+                f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        try:
             chan.exec_command(command)
             if stdin:
                 chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window

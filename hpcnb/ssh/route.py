@@ -29,6 +29,7 @@ from hpcnb.ssh import hostkeys
 ENV = "HPCNB_SSH_CONFIG"
 DEFAULT_PATH = "~/.ssh/config"
 DEFAULT_KEEPALIVE_S = 30  # when ServerAliveInterval is not set: idle firewalls drop silent links
+DEFAULT_KEEPALIVE_COUNT = 3  # ServerAliveCountMax's default in ssh_config(5)
 MAX_JUMP_DEPTH = 8  # a ProxyJump whose first hop has a ProxyJump ...: stop loops
 
 
@@ -64,6 +65,9 @@ class Hop:
     proxy_command: str | None = None  # first hop only
     connect_timeout: float | None = None
     allow_agent: bool = True
+    # ServerAliveCountMax: with keepalive, the connection is dropped after keepalive x this many
+    # seconds without an answer from the host (hpcnb.ssh.dial.drop_when_unanswered)
+    keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -106,6 +110,20 @@ def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     return match.group("user"), match.group("host").strip("[]"), int(port) if port else None
 
 
+def _number(opts: Any, key: str, default: int, name: str) -> int:
+    """A whole number of an ssh config option (ServerAliveInterval, ...), or ConfigError."""
+    if key not in opts:
+        return default
+    try:
+        value = int(str(opts[key]))
+    except ValueError:
+        raise ConfigError(f"the ssh config {config_path()} gives {name} a {key} of {opts[key]!r}, "
+                          "not a whole number") from None
+    if value < 0:
+        raise ConfigError(f"the ssh config {config_path()} gives {name} a negative {key}")
+    return value
+
+
 @dataclass(frozen=True)
 class Defaults:
     """What the hpcnb cluster config says (explicit values win) or offers as a fallback."""
@@ -136,8 +154,9 @@ def _hop(config: paramiko.SSHConfig, name: str, *, user: str | None, port: int |
     files = [*([defaults.known_hosts] if defaults.known_hosts else []), *user_files, *global_files]
     files = [str(Path(f).expanduser()) for f in files if f.lower() != "none"]
     alias = opts.get("hostkeyalias")
-    keepalive = int(opts["serveraliveinterval"]) if "serveraliveinterval" in opts else DEFAULT_KEEPALIVE_S
-    timeout = float(opts["connecttimeout"]) if "connecttimeout" in opts else None
+    keepalive = _number(opts, "serveraliveinterval", DEFAULT_KEEPALIVE_S, name)
+    keepalive_count = _number(opts, "serveralivecountmax", DEFAULT_KEEPALIVE_COUNT, name)
+    timeout = float(_number(opts, "connecttimeout", 0, name)) or None
     hop = Hop(
         alias=name, hostname=hostname, port=real_port, user=real_user,
         identity_files=tuple(dict.fromkeys(identities)),
@@ -147,6 +166,7 @@ def _hop(config: paramiko.SSHConfig, name: str, *, user: str | None, port: int |
         keepalive=keepalive,
         host_key_alias=alias or None,
         connect_timeout=timeout,
+        keepalive_count=keepalive_count,
     )
     jump_spec, command = opts.get("proxyjump"), opts.get("proxycommand")
     if "proxyjump" in opts and "proxycommand" in opts:

@@ -8,6 +8,7 @@ Sharing hops between the users of one process is hpcnb.ssh.links'.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from dataclasses import dataclass
@@ -17,8 +18,7 @@ from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
 from hpcnb.errors import SSHError
-from hpcnb.net import tcp_connect
-from hpcnb.ssh import auth, hostkeys
+from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.route import Hop
 
@@ -77,23 +77,37 @@ class SSHTransport(paramiko.Transport):
         super()._send_user_message(data)
 
 
-def _connect_error(host: str, port: int, exc: OSError, timeout: float) -> SSHError:
+def _why(exc: OSError, timeout: float) -> str:
     if isinstance(exc, socket.gaierror):
-        why = f"unknown host name ({exc.strerror})"
-    elif isinstance(exc, ConnectionRefusedError):
-        why = "connection refused"
-    elif isinstance(exc, TimeoutError):
-        why = f"timed out after {timeout:g} s"
-    else:
-        why = (exc.strerror or str(exc)).lower()
-    return SSHError(f"cannot connect to {host} port {port}: {why}")
+        return f"unknown host name ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT:
+        return f"timed out after {timeout:g} s"
+    return (exc.strerror or str(exc)).lower()
+
+
+def _connect_error(host: str, port: int, exc: OSError, timeout: float) -> SSHError:
+    if isinstance(exc, dial.DialError) and len(exc.failures) > 1:
+        each = "; ".join(f"{addr} {_why(failed, timeout)}" for addr, failed in exc.failures)
+        return SSHError(f"cannot connect to {host} port {port}, at none of its "
+                        f"{len(exc.failures)} addresses: {each}")
+    if isinstance(exc, dial.DialError) and exc.failures:
+        exc = exc.failures[0][1]
+    return SSHError(f"cannot connect to {host} port {port}: {_why(exc, timeout)}")
 
 
 def tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """The login host's TCP connection: the first of its addresses to answer (hpcnb.ssh.dial),
+    with Nagle off (a keystroke or a kernel message must not wait for a delayed ACK) and TCP
+    keepalive on."""
     try:
-        return tcp_connect(host, port, timeout, keepalive=True)
+        sock = dial.connect(host, port, timeout)
     except OSError as exc:
         raise _connect_error(host, port, exc, timeout) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ class Login:
     timeout: float
     accept_new_host_key: bool
     keepalive: int
+    keepalive_count: int = 3
 
     @classmethod
     def for_hop(cls, hop: Hop, prompt: auth.PromptHandler | None, timeout: float,
@@ -114,13 +129,25 @@ class Login:
         creds = auth.Credentials(hop.identity_files, hop.identities_only, hop.allow_agent, prompt,
                                  passphrases if passphrases is not None else {})
         return cls(hop.user, creds, hostkeys.KnownHosts(hop.known_hosts),
-                   hop.connect_timeout or timeout, hop.accept_new, hop.keepalive)
+                   hop.connect_timeout or timeout, hop.accept_new, hop.keepalive, hop.keepalive_count)
+
+
+def peer_address(sock: object) -> str | None:
+    """The address a TCP socket is connected to (which of a name's login nodes answered); None
+    for a ProxyCommand or a channel."""
+    if not isinstance(sock, socket.socket):
+        return None
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return None
 
 
 def open_transport(
     sock: socket.socket | paramiko.Channel, host: str, port: int, names: list[str], login: Login
 ) -> SSHTransport:
     timeout = login.timeout
+    reached = peer_address(sock)
     # A hop carried over a channel (jump, ProxyJump): paramiko would read the Channel itself a few
     # bytes at a time, each read costing O(buffered); ChannelSocket reads it in one go.
     wire = ChannelSocket(sock) if isinstance(sock, paramiko.Channel) else sock
@@ -135,7 +162,7 @@ def open_transport(
     try:
         transport.start_client(timeout=timeout)
         server_key = transport.get_remote_server_key()
-        login.known.verify(names, server_key, accept_new=login.accept_new_host_key)
+        login.known.verify(names, server_key, accept_new=login.accept_new_host_key, reached=reached)
         auth.authenticate(transport, host, login.user, login.creds)
     except SSHError:  # includes HostKeyError
         transport.close()
@@ -146,6 +173,8 @@ def open_transport(
         raise SSHError(f"SSH handshake with {host} port {port} failed: {detail}") from exc
     if login.keepalive > 0:
         transport.set_keepalive(login.keepalive)
+        if isinstance(sock, socket.socket) and login.keepalive_count > 0:
+            dial.drop_when_unanswered(sock, login.keepalive * login.keepalive_count)
     return transport
 
 

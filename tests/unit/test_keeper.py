@@ -181,6 +181,17 @@ def test_endpoint_on_posix_is_a_socket_in_the_folder() -> None:
                                                 folder / f"{KEY}.log")
 
 
+@pytest.mark.parametrize(("platform", "length"), [("linux", 107), ("darwin", 103)])
+def test_a_folder_too_long_for_a_socket_is_one_line(platform: str, length: int) -> None:
+    fits = Path("/" + "k" * (length - len(f"/{KEY}.sock") - 1))
+    assert len(ep.endpoint_for(KEY, fits, platform=platform).address) == length
+    with pytest.raises(KeeperError) as err:
+        ep.endpoint_for(KEY, Path(f"{fits}k"), platform=platform)
+    assert str(err.value).startswith(f"the keepers' folder {fits}k is too long for a unix socket in it "
+                                     f"({length + 1} bytes with the socket's name, at most {length}) "
+                                     "(set HPCNB_RUNTIME_DIR to a shorter folder")
+
+
 @pytest.mark.parametrize("env", [{}, {"XDG_RUNTIME_DIR": "/run/user/4294967294"}])
 def test_default_socket_paths_fit_macos_limit(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ep.os, "getuid", lambda: 4294967294)  # the longest uid
