@@ -18,6 +18,7 @@ from typing import Any
 from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError
 
 CONNECT_TIMEOUT_S = 10
+DEFAULT_SERVER_ALIVE_S = 30  # hpcnb.ssh.route.DEFAULT_KEEPALIVE_S: both backends give up alike
 VERSION_RE = re.compile(r"OpenSSH_for_Windows_[\w.]+|OpenSSH_[\w.]+")
 
 
@@ -80,11 +81,17 @@ def base_options(cfg: Any, effective: Mapping[str, str], control: Control, *,
     return opts
 
 
-def master_options(control: Control) -> list[str]:
+def master_options(control: Control, effective: Mapping[str, str] | None = None) -> list[str]:
     """Starting the master: authenticate, then go to the background (-f) holding the connection
-    (-N), for `persist_s` after its last client (0: until `ssh -O exit`)."""
+    (-N), for `persist_s` after its last client (0: until `ssh -O exit`). With no
+    ServerAliveInterval in the user's config, the paramiko backend's 30 s: a master on a login
+    node that died (no FIN, no RST) then exits after 30 s x ServerAliveCountMax (3), and the next
+    command starts one through whichever of the name's login nodes answers; without it, every
+    command through the master would hang on the dead node."""
     persist = str(control.persist_s) if control.persist_s else "yes"
-    return ["-M", "-N", "-f", "-o", f"ControlPersist={persist}"]
+    alive = (effective or {}).get("serveraliveinterval", "0")
+    return ["-M", "-N", "-f", "-o", f"ControlPersist={persist}",
+            *(["-o", f"ServerAliveInterval={DEFAULT_SERVER_ALIVE_S}"] if alive == "0" else [])]
 
 
 def parse_effective(text: str) -> dict[str, str]:

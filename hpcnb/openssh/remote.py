@@ -122,10 +122,10 @@ class OpenSSHRemote:
             self._start_master()
 
     def _start_master(self) -> None:
+        argv = [self.ssh, *o.master_options(self.control, self.effective), *self.options, "--", self.host]
         with tempfile.TemporaryFile() as err:
             try:
-                proc = subprocess.run([self.ssh, *o.master_options(self.control), *self.options, "--",
-                                       self.host], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=err, env=self._env(), timeout=LOGIN_TIMEOUT_S, check=False)
             except subprocess.TimeoutExpired:
                 raise SSHError(f"the login to {self.route} did not finish in {LOGIN_TIMEOUT_S} s") from None

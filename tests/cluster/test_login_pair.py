@@ -13,6 +13,7 @@ import contextlib
 import json
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def test_submitted_through_one_login_node_listed_and_attached_through_the_other(
             assert reached(other) == [(topology.LOGIN.addr, 1)]
     finally:
         cancelled = first.run("cancel", job_id, "--cluster", CLUSTER)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+
+def test_the_openssh_backends_master_on_a_dead_login_node_gives_way(testbed, tmp_path):
+    # ssh_backend = "openssh": ssh's own ServerAliveInterval x ServerAliveCountMax ends the master
+    # on the dead node; the next command's master goes to login1 (ssh tries the addresses in turn).
+    cluster = "testbed-openssh-pair"
+    hpcnb = laptop(tmp_path, "laptop", testbed)
+    job_id = hpcnb.submit(cluster, "--hours", "0.25")
+    try:
+        with dead(topology.LOGIN2):
+            deadline = time.monotonic() + 120
+            while (proc := hpcnb.run("list", "--cluster", cluster, "--json")).returncode != 0:
+                assert time.monotonic() < deadline, proc.stderr  # the master is given up in 10 s
+                time.sleep(2)
+            assert [r["state"] for r in json.loads(proc.stdout) if r["job_id"] == job_id] == ["running"]
+            with hpcnb.attach(job_id, cluster) as attached:
+                assert attached.http("GET", "/api/status")[0] == 200
+    finally:
+        cancelled = hpcnb.run("cancel", job_id, "--cluster", cluster)
     assert cancelled.returncode == 0, cancelled.stderr
 
 

@@ -54,8 +54,11 @@ def test_hpcnbs_own_master_and_how_it_is_started():
     control = o.Control("hpcnb", "/run/hpcnb/ssh-%C", 3600)
     opts = o.base_options(cfg(), {}, control, accept_new=False)
     assert opts[-4:] == ["-o", "ControlMaster=no", "-o", "ControlPath=/run/hpcnb/ssh-%C"]
-    assert o.master_options(control) == ["-M", "-N", "-f", "-o", "ControlPersist=3600"]
-    assert o.master_options(o.Control("hpcnb", "/p", 0))[-1] == "ControlPersist=yes"
+    assert o.master_options(control) == ["-M", "-N", "-f", "-o", "ControlPersist=3600",
+                                         "-o", "ServerAliveInterval=30"]
+    assert o.master_options(o.Control("hpcnb", "/p", 0))[4] == "ControlPersist=yes"
+    # The user's own ServerAliveInterval (ssh -G prints 0 when none is set) is left to ssh.
+    assert o.master_options(control, {"serveraliveinterval": "15"})[-1] == "ControlPersist=3600"
 
 
 def test_no_master_means_no_control_path():
