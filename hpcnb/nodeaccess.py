@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hpcnb.errors import JobEnded, UsageError
@@ -65,13 +66,24 @@ def _token_safe(word: str) -> str:
     return shlex.quote(word).replace("%", "%%")
 
 
+# What decides the config, store, keepers and ssh config `hpcnb proxy` uses. `hpcnb code`'s Host
+# entry is run later by VS Code, whose environment may not have them: they are pinned in the entry.
+PINNED_ENV = ("HPCNB_CONFIG", "HPCNB_STATE_DIR", "HPCNB_RUNTIME_DIR", "HPCNB_SSH_CONFIG")
+
+
+def _pinned_env() -> list[str]:
+    pinned = [f"{name}={Path(value).expanduser().absolute()}"
+              for name in PINNED_ENV if (value := os.environ.get(name))]
+    return ["env", *pinned] if pinned else []
+
+
 def ssh_argv(cluster: Any, node: str, command: Sequence[str], *, tty: bool,
              accept_new_host_key: bool, hpcnb: Sequence[str] = (sys.executable, "-m", "hpcnb")) -> list[str]:
     """`ssh` to the job's node through `hpcnb proxy` (every word quoted; host keys strict)."""
     cfg = cluster.cfg
     if shutil.which("ssh") is None:
         raise UsageError("`hpcnb ssh` and `hpcnb code` need OpenSSH's `ssh` on PATH")
-    proxy_words = [*hpcnb, "proxy", "--cluster", cluster.name]
+    proxy_words = [*_pinned_env(), *hpcnb, "proxy", "--cluster", cluster.name]
     proxy_command = " ".join([*(_token_safe(w) for w in proxy_words), "%h", "%p"])
     argv = ["ssh", "-o", f"ProxyCommand={proxy_command}",
             "-o", f"StrictHostKeyChecking={'accept-new' if accept_new_host_key else 'yes'}"]
