@@ -47,8 +47,16 @@ class App:
     login: str = "token"
     url_path: str = "/"  # what the browser opens
     setup: tuple[str, ...] = ()  # shell lines run after the site's (module load code-server)
+    # A built-in recipe's own shell lines, after `setup`: not a config key, so that a user's
+    # `[apps.rstudio] setup = [...]` adds its lines to the recipe's instead of replacing them.
+    prepare: tuple[str, ...] = ()
     description: str = ""
     docs: str = ""
+
+    @property
+    def setup_lines(self) -> tuple[str, ...]:
+        """What the job script runs for this app, after the cluster's setup lines."""
+        return (*self.setup, *self.prepare)
 
     @property
     def is_jupyter(self) -> bool:
@@ -58,7 +66,8 @@ class App:
         """The recipe as the launcher reads it (HPCNB_APP, one JSON line)."""
         if self.is_jupyter:  # the launcher's own rules
             return json.dumps({"name": self.name})
-        fields = {k: v for k, v in asdict(self).items() if k not in ("setup", "description", "docs")}
+        shell_side = ("setup", "prepare", "description", "docs")  # the job script's, or no one's
+        fields = {k: v for k, v in asdict(self).items() if k not in shell_side}
         return json.dumps(fields, separators=(",", ":"))
 
 
@@ -97,7 +106,7 @@ RSTUDIO = App(
              "--server-user={user}", "--server-data-dir={session}/rstudio-server",
              "--secure-cookie-key-file={session}/rstudio-server/secure-cookie-key"),
     ready="/", secret_env="RSTUDIO_PASSWORD", login="password", url_path="/",
-    setup=(_RSTUDIO_AUTH, "mkdir -p \"$HPCNB_SESSION_DIR/rstudio-server\""),
+    prepare=(_RSTUDIO_AUTH, "mkdir -p \"$HPCNB_SESSION_DIR/rstudio-server\""),
     description="RStudio Server, where the site provides rserver (module load rstudio ...)",
     docs="https://github.com/OSC/bc_osc_rstudio_server",
 )

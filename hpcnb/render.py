@@ -95,7 +95,7 @@ def render_script(cfg: ClusterConfig, request: JobRequest, scheduler: Scheduler 
         request=request,
         job=scheduler.job_values(cfg, request),
         flags=scheduler.flags(cfg),
-        setup=(*(cfg.setup if request.setup is None else request.setup), *app.setup),
+        setup=(*(cfg.setup if request.setup is None else request.setup), *app.setup_lines),
         app=app,
         launcher_source=launcher,
         delimiter=DELIMITER,

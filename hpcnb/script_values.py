@@ -29,7 +29,7 @@ def check_script_values(values: Mapping[str, Any], where: str) -> None:
     """
     lines = [*(values.get("setup") or ()),
              *(line for p in values.get("profiles") or () for line in p.setup or ()),
-             *(line for a in values.get("apps") or () for line in a.setup)]
+             *(line for a in values.get("apps") or () for line in a.setup_lines)]
     for line in lines:
         if _CONTROL_RE.search(line):
             raise ConfigError(f"{where}: setup line {line!r} must be one line (no newline/NUL)")

@@ -53,6 +53,16 @@ def test_code_server_recipe_reaches_the_script_and_no_secret_does(user_config) -
     assert "PASSWORD=" not in script and "--password" not in script
 
 
+def test_a_users_setup_for_rstudio_adds_to_the_recipes_own_lines(user_config) -> None:
+    user_config('[clusters.c.apps.rstudio]\nsetup = ["module load rstudio-server/2024.04"]\n')
+    cfg = load_cluster("c")
+    script = render_script(cfg, build_request(cfg, app="rstudio"), "slurm")
+    load = script.index("module load rstudio-server/2024.04")
+    helper = script.index("read -rs p")  # the recipe's PAM helper (BUILT_IN["rstudio"].prepare)
+    assert load < helper
+    assert "prepare" not in app_recipe(script) and "setup" not in app_recipe(script)
+
+
 def test_a_users_recipe_and_a_changed_builtin(user_config) -> None:
     user_config("""app = "board"
 [clusters.c.apps.board]
