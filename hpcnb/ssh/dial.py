@@ -112,8 +112,11 @@ def _start(family: int, kind: int, proto: int, sockaddr: tuple) -> tuple[socket.
     sock = socket.socket(family, kind, proto)
     sock.setblocking(False)
     code = sock.connect_ex(sockaddr)
-    if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-        return sock, None  # 0 (loopback can connect at once): the selector reports it writable
+    # Under way: EINPROGRESS (POSIX), WSAEWOULDBLOCK (Windows, whose select reports a failed connect
+    # as an exception, which selectors' SelectSelector counts as writable, so SO_ERROR is read too).
+    # 0 (loopback can connect at once): the selector reports it writable.
+    if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)):
+        return sock, None
     sock.close()
     return sock, OSError(code, os.strerror(code))
 
