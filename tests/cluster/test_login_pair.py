@@ -57,6 +57,17 @@ def logins_on(host: topology.Host, laptop_addr: str) -> int:
     return log.read_text().count(f"Accepted publickey for hpcuser from {laptop_addr} ")
 
 
+def answers_again(attached, within: float = 90) -> int:
+    """The status of GET /api/status through the attach's (same) URL, once it answers again."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return attached.http("GET", "/api/status")[0]
+        except OSError:
+            assert time.monotonic() < deadline, attached.stderr()
+            time.sleep(1)
+
+
 def test_submitted_through_one_login_node_listed_and_attached_through_the_other(testbed, tmp_path):
     first = laptop(tmp_path, "laptop", testbed)
     before = logins_on(topology.LOGIN2, topology.LOGIN2_LAPTOP_ADDR)
@@ -65,23 +76,41 @@ def test_submitted_through_one_login_node_listed_and_attached_through_the_other(
         assert reached(first) == [(topology.LOGIN2.addr, 1)]  # the name's first address
         assert logins_on(topology.LOGIN2, topology.LOGIN2_LAPTOP_ADDR) == before + 1
 
-        with dead(topology.LOGIN2):
-            # The keeper's connection to login2 is dead: dropped after ServerAliveInterval x
-            # ServerAliveCountMax (5 s x 2 for this name in the testbed's ssh config), and the
-            # command that found it dead runs again on a login through login1. Nothing else to do.
-            assert first.row(CLUSTER, job_id)["state"] == "running"
-            assert reached(first) == [(topology.LOGIN.addr, 2)]
-            with first.attach(job_id, CLUSTER) as attached:
-                assert attached.http("GET", "/api/status")[0] == 200
+        with first.attach(job_id, CLUSTER) as attached:  # the keeper's tunnel, through login2
+            kernel = attached.start_kernel()
+            assert attached.execute(kernel, "x = 41; x") == "41"
+            with dead(topology.LOGIN2):
+                # The keeper's login on login2 is dropped after ServerAliveInterval x
+                # ServerAliveCountMax (5 s x 2 for this name in the testbed's ssh config) and made
+                # again through login1: the same URL answers, the kernel kept its state.
+                assert answers_again(attached) == 200
+                assert attached.execute(kernel, "x + 1") == "42"
+                assert reached(first) == [(topology.LOGIN.addr, 2)]
+                assert first.row(CLUSTER, job_id)["state"] == "running"
+                said = attached.stderr().splitlines()
+                assert "connection lost, reconnecting" in said and "reconnected after 1 attempt" in said
 
-            # Another laptop, no keeper yet: its first login skips the silent login2 after 1 s.
-            other = laptop(tmp_path, "other-laptop", testbed)
-            with other.attach(job_id, CLUSTER) as attached:
-                assert attached.http("GET", "/api/status")[0] == 200
-            assert reached(other) == [(topology.LOGIN.addr, 1)]
+                # Another laptop, no keeper yet: its first login skips the silent login2 after 1 s,
+                # and its attach reads the handshake through login1.
+                other = laptop(tmp_path, "other-laptop", testbed)
+                with other.attach(job_id, CLUSTER) as again:
+                    assert again.execute(kernel, "x + 2") == "43"
+                assert reached(other) == [(topology.LOGIN.addr, 1)]
     finally:
         cancelled = first.run("cancel", job_id, "--cluster", CLUSTER)
     assert cancelled.returncode == 0, cancelled.stderr
+
+
+def test_a_command_on_a_kept_login_whose_node_died_runs_again_through_another(testbed, tmp_path):
+    hpcnb = laptop(tmp_path, "laptop", testbed)
+    seed_session(tmp_path / "laptop", CLUSTER, "999998")  # a running session: `list` asks the cluster
+    hpcnb.run("list", "--cluster", CLUSTER, check=True)
+    assert reached(hpcnb) == [(topology.LOGIN2.addr, 1)]
+    seed_session(tmp_path / "laptop", CLUSTER, "999999")
+    with dead(topology.LOGIN2):
+        proc = hpcnb.run("list", "--cluster", CLUSTER)  # squeue never starts on login2, then runs
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert reached(hpcnb) == [(topology.LOGIN.addr, 2)]
 
 
 def test_the_openssh_backends_master_on_a_dead_login_node_gives_way(testbed, tmp_path):
