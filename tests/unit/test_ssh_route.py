@@ -458,6 +458,27 @@ def test_keepalive_default_and_from_config() -> None:
     assert one(route("off", Defaults(), config)).keepalive == 0
 
 
+def test_keepalive_count_gives_when_a_silent_login_is_dropped() -> None:
+    config = cfg("""
+        Host fast
+            ServerAliveInterval 5
+            ServerAliveCountMax 2
+    """)
+    assert one(route("plain", Defaults(), config)).keepalive_count == 3  # ssh_config(5)'s default
+    hop = one(route("fast", Defaults(), config))
+    assert (hop.keepalive, hop.keepalive_count) == (5, 2)
+
+
+@pytest.mark.parametrize("line", ["ServerAliveInterval 5s", "ServerAliveCountMax -1", "ConnectTimeout x"])
+def test_a_number_option_that_is_not_one_is_a_config_error(line: str) -> None:
+    config = cfg(f"""
+        Host bad
+            {line}
+    """)
+    with pytest.raises(ConfigError, match=f"gives bad a {line.split()[0].lower()}|gives bad a negative"):
+        route("bad", Defaults(), config)
+
+
 def test_connect_timeout() -> None:
     config = cfg("""
         Host slow
