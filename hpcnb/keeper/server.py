@@ -32,13 +32,13 @@ from typing import Any
 
 from hpcnb.errors import (
     AuthenticationFailed,
-    CommandNotStarted,
     HostKeyError,
     HpcnbError,
     KeeperError,
     SSHError,
 )
 from hpcnb.keeper import wire
+from hpcnb.keeper.commands import run_kept, waits_until
 from hpcnb.keeper.endpoint import Endpoint
 from hpcnb.keeper.lines import ClientLine, LineClosed, PromptRelay
 from hpcnb.pump import splice
@@ -222,15 +222,8 @@ class Keeper:
     def _run(self, line: ClientLine, request: dict[str, Any]) -> None:
         argv, stdin = [str(a) for a in request.get("argv", [])], request.get("stdin")
         timeout = float(request.get("timeout", 60.0))
-        remote = self.login(line)
-        try:
-            result = remote.run(argv, stdin=stdin, timeout=timeout)
-        except CommandNotStarted:
-            if remote.is_alive():
-                raise
-            # Its login node went away (hpcnb.ssh.dial.drop_when_unanswered): once more on a new login.
-            _log.info("the login connection died before `%s` started; logging in again", argv[0])
-            result = self.login(line).run(argv, stdin=stdin, timeout=timeout)
+        result = run_kept(lambda: self.login(line), argv, stdin=stdin, timeout=timeout,
+                          deadline=waits_until(timeout))
         line.send({"result": {"exit_status": result.exit_status, "stdout": result.stdout,
                               "stderr": result.stderr}})
 

@@ -38,6 +38,14 @@ class DialError(OSError):
         self.host, self.failures = host, failures
 
 
+def several_addresses(host: str, port: int) -> bool:
+    """Whether the name has more than one address (several login nodes behind it)."""
+    try:
+        return len(addresses(host, port)) > 1
+    except OSError:
+        return False
+
+
 def addresses(host: str, port: int) -> list[tuple[int, int, int, tuple]]:
     """(family, type, proto, sockaddr) of each address, in the resolver's order, duplicates once.
     Raises socket.gaierror for an unknown name."""
@@ -63,15 +71,15 @@ def connect(host: str, port: int, timeout: float, *, attempt_delay: float = ATTE
             now = time.monotonic()
             if targets and (now >= next_start or not pending):
                 family, kind, proto, sockaddr = targets.pop(0)
-                sock, failed = _start(family, kind, proto, sockaddr)
+                started = _start(family, kind, proto, sockaddr)
                 addr = str(sockaddr[0])
-                if failed is not None:
-                    _log.debug("%s port %d: %s failed: %s", host, port, addr, failed.strerror)
-                    failures.append((addr, failed))
+                if isinstance(started, OSError):
+                    _log.debug("%s port %d: %s failed: %s", host, port, addr, started.strerror)
+                    failures.append((addr, started))
                     next_start = now  # a refusal or an unreachable network: the next one at once
                     continue
-                pending[sock] = (addr, now + timeout)
-                selector.register(sock, selectors.EVENT_WRITE)
+                pending[started] = (addr, now + timeout)
+                selector.register(started, selectors.EVENT_WRITE)
                 next_start = now + attempt_delay
                 continue
             if not pending:
@@ -108,17 +116,22 @@ def connect(host: str, port: int, timeout: float, *, attempt_delay: float = ATTE
         selector.close()
 
 
-def _start(family: int, kind: int, proto: int, sockaddr: tuple) -> tuple[socket.socket, OSError | None]:
-    sock = socket.socket(family, kind, proto)
+def _start(family: int, kind: int, proto: int, sockaddr: tuple) -> socket.socket | OSError:
+    """A connect under way to one address, or why it failed at once."""
+    try:
+        # A family this laptop lacks (an AAAA record, IPv6 off) fails here: that address's failure.
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        return exc
     sock.setblocking(False)
     code = sock.connect_ex(sockaddr)
     # Under way: EINPROGRESS (POSIX), WSAEWOULDBLOCK (Windows, whose select reports a failed connect
     # as an exception, which selectors' SelectSelector counts as writable, so SO_ERROR is read too).
     # 0 (loopback can connect at once): the selector reports it writable.
     if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)):
-        return sock, None
+        return sock
     sock.close()
-    return sock, OSError(code, os.strerror(code))
+    return OSError(code, os.strerror(code))
 
 
 # macOS has no TCP_USER_TIMEOUT; its own option, in seconds (xnu bsd/netinet/tcp.h):

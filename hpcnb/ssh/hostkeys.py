@@ -175,10 +175,11 @@ class KnownHosts:
         return known + [a for a in offered if a not in known]
 
     def verify(self, names: Sequence[str], key: paramiko.PKey, *, accept_new: bool = False,
-               reached: str | None = None) -> str | None:
+               reached: str | None = None, several_nodes: bool = False) -> str | None:
         """Accept `key` for `names` or raise HostKeyError. Returns the file a new key was added
         to (accept_new), else None. `reached`: the address that answered, named in the errors when
-        the name is not that address (a name with several login nodes behind it)."""
+        the name is not that address; `several_nodes`: the name has several addresses (login nodes
+        behind one name), each of which may have a key of its own."""
         label, fp, shown = key_label(key), fingerprint(key), names[0]
         where = f"{shown} (reached at {reached})" if reached and reached not in shown else shown
         entries = self.for_names(names)
@@ -192,8 +193,7 @@ class KnownHosts:
         changed = [e for e in entries if not e.revoked and e.key.get_name() == key.get_name()]
         if changed:
             first = changed[0]
-            other_node = (f", or another of the login nodes behind the name {shown}"
-                          if where != shown else "")
+            other_node = f", or another of the login nodes behind the name {shown}" if several_nodes else ""
             raise HostKeyError(
                 f"HOST KEY CHANGED for {where}: it presented {label} key {fp}, but "
                 f"{first.where} has {fingerprint(first.key)}",

@@ -24,6 +24,10 @@ from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTranspor
 
 # paramiko errors that mean the connection (not our request) failed.
 CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError)
+# sshd answers a channel open at once, busy or not (or refuses it at once). Unanswered this long,
+# the login node is taken for gone: sooner than ServerAliveInterval x ServerAliveCountMax (90 s by
+# default), and behind a ProxyJump, where the dead node's socket is not ours to time out.
+CHANNEL_OPEN_TIMEOUT_S = 20.0
 
 
 class ClusterLike(Protocol):
@@ -118,7 +122,9 @@ class SSHRemote:
         remote = cls(link.transport, host=last.hostname, port=last.port, user=last.user, login=login,
                      link=link)
         remote.route = route.describe(hops)
-        remote.reached = link.first_peer()
+        # Which of the login host's addresses answered; not known behind a ProxyJump (the first
+        # hop's address would be the jump host's).
+        remote.reached = link.first_peer() if len(hops) == 1 else None
         return remote
 
     def jump(
@@ -202,8 +208,12 @@ class SSHRemote:
         command = shell_command(argv)
         deadline = time.monotonic() + timeout
         try:
-            chan = self.transport.open_session(timeout=timeout)
+            chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
         except CONNECTION_ERRORS as exc:
+            if not isinstance(exc, paramiko.ChannelException) and self.transport.is_active():
+                # Unanswered (a refusal, e.g. MaxSessions, is a ChannelException): the login node
+                # is gone though no RST said so yet. Closed, so the next use logs in again.
+                self.transport.close()
             raise CommandNotStarted(
                 f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
         try:

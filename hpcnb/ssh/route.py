@@ -110,18 +110,24 @@ def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     return match.group("user"), match.group("host").strip("[]"), int(port) if port else None
 
 
-def _number(opts: Any, key: str, default: int, name: str) -> int:
-    """A whole number of an ssh config option (ServerAliveInterval, ...), or ConfigError."""
+# ssh_config(5) TIME FORMATS: a sequence of time[qualifier] (s, m, h, d, w; none: seconds), summed.
+_TIME_RE = re.compile(r"(\d+)([smhdwSMHDW]?)")
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _number(opts: Any, key: str, default: int, name: str, *, time: bool = False) -> int:
+    """A whole number of an ssh config option (ServerAliveCountMax), or with `time` one in
+    ssh's time format (ServerAliveInterval 1m, ConnectTimeout 30s), or ConfigError."""
     if key not in opts:
         return default
-    try:
-        value = int(str(opts[key]))
-    except ValueError:
-        raise ConfigError(f"the ssh config {config_path()} gives {name} a {key} of {opts[key]!r}, "
-                          "not a whole number") from None
-    if value < 0:
-        raise ConfigError(f"the ssh config {config_path()} gives {name} a negative {key}")
-    return value
+    text = str(opts[key]).strip()
+    parts = _TIME_RE.findall(text) if time else []
+    if time and parts and "".join(n + u for n, u in parts) == text:
+        return sum(int(n) * _TIME_UNITS[u.lower()] for n, u in parts)
+    if not time and text.isdigit():
+        return int(text)
+    kind = "a time such as 30 or 1m" if time else "a whole number"
+    raise ConfigError(f"the ssh config {config_path()} gives {name} a {key} of {opts[key]!r}, not {kind}")
 
 
 @dataclass(frozen=True)
@@ -154,9 +160,9 @@ def _hop(config: paramiko.SSHConfig, name: str, *, user: str | None, port: int |
     files = [*([defaults.known_hosts] if defaults.known_hosts else []), *user_files, *global_files]
     files = [str(Path(f).expanduser()) for f in files if f.lower() != "none"]
     alias = opts.get("hostkeyalias")
-    keepalive = _number(opts, "serveraliveinterval", DEFAULT_KEEPALIVE_S, name)
+    keepalive = _number(opts, "serveraliveinterval", DEFAULT_KEEPALIVE_S, name, time=True)
     keepalive_count = _number(opts, "serveralivecountmax", DEFAULT_KEEPALIVE_COUNT, name)
-    timeout = float(_number(opts, "connecttimeout", 0, name)) or None
+    timeout = float(_number(opts, "connecttimeout", 0, name, time=True)) or None
     hop = Hop(
         alias=name, hostname=hostname, port=real_port, user=real_user,
         identity_files=tuple(dict.fromkeys(identities)),

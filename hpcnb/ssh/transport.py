@@ -17,7 +17,7 @@ import paramiko
 from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
-from hpcnb.errors import SSHError
+from hpcnb.errors import HostKeyError, SSHError
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.route import Hop
@@ -143,6 +143,20 @@ def peer_address(sock: object) -> str | None:
         return None
 
 
+def _verify_host_key(login: Login, names: list[str], key: paramiko.PKey, host: str, port: int,
+                     reached: str | None) -> None:
+    try:
+        login.known.verify(names, key, accept_new=login.accept_new_host_key, reached=reached)
+    except HostKeyError:
+        # Refused: when the name has several addresses, say again with what that may mean (the
+        # lookup is made only here, so a good key costs no second name resolution).
+        if reached is None or not dial.several_addresses(host, port):
+            raise
+        login.known.verify(names, key, accept_new=login.accept_new_host_key, reached=reached,
+                           several_nodes=True)
+        raise
+
+
 def open_transport(
     sock: socket.socket | paramiko.Channel, host: str, port: int, names: list[str], login: Login
 ) -> SSHTransport:
@@ -161,8 +175,7 @@ def open_transport(
     transport.auth_timeout = timeout
     try:
         transport.start_client(timeout=timeout)
-        server_key = transport.get_remote_server_key()
-        login.known.verify(names, server_key, accept_new=login.accept_new_host_key, reached=reached)
+        _verify_host_key(login, names, transport.get_remote_server_key(), host, port, reached)
         auth.authenticate(transport, host, login.user, login.creds)
     except SSHError:  # includes HostKeyError
         transport.close()

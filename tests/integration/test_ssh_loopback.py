@@ -114,6 +114,13 @@ def test_run_exit_status_stdout_stderr_and_quoting(remote: SSHRemote) -> None:
     assert remote.run(["cat"], stdin="line 1\nline 2\n").stdout == "line 1\nline 2\n"
 
 
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's TCP_USER_TIMEOUT")
+def test_a_login_whose_bytes_go_unanswered_is_dropped_after_interval_x_count(remote: SSHRemote) -> None:
+    # ServerAliveInterval 30 x ServerAliveCountMax 3 (the defaults): hpcnb.ssh.dial.drop_when_unanswered
+    sock = remote.transport.sock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 90_000
+
+
 def test_read_file_relative_absolute_missing(sshd: Sshd, remote: SSHRemote) -> None:
     (sshd.home / "conn.json").write_text('{"port": 1}')
     assert remote.read_file("conn.json") == b'{"port": 1}'

@@ -48,14 +48,19 @@ def silent(addr: str, port: int) -> Iterator[None]:
         srv.close()
 
 
+NO_SUCH_FAMILY = 4242  # what socket() refuses: an address family this laptop lacks (IPv6 off)
+
+
 @pytest.fixture
 def name_with(monkeypatch):
-    """Make `login.example` resolve to the given loopback addresses, in that order."""
+    """Make `login.example` resolve to the given loopback addresses, in that order ("v6" stands for
+    an address of a family the laptop cannot make a socket of)."""
     def set_addresses(*addrs: str) -> None:
         def fake(host, port, *args, **kwargs):
             if host != "login.example":
                 raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, int(port))) for a in addrs]
+            return [(NO_SUCH_FAMILY if a == "v6" else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                     (a, int(port))) for a in addrs]
         monkeypatch.setattr(dial.socket, "getaddrinfo", fake)
     return set_addresses
 
@@ -75,6 +80,13 @@ def test_a_refused_address_moves_on_at_once(name_with):
         with dial.connect("login.example", port, 30, attempt_delay=20) as sock:
             assert sock.getpeername() == ("127.0.0.3", port)
         assert time.monotonic() - started < 10  # not the 20 s attempt delay
+
+
+def test_an_address_of_a_family_the_laptop_lacks_is_skipped(name_with):
+    with listening("127.0.0.3") as port:
+        name_with("v6", "127.0.0.3")
+        with dial.connect("login.example", port, 5) as sock:
+            assert sock.getpeername() == ("127.0.0.3", port)
 
 
 def test_a_silent_address_is_not_waited_out(name_with):

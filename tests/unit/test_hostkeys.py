@@ -178,6 +178,21 @@ def test_changed_key_is_refused_even_with_accept_new(tmp_path: Path, keys: Keys)
     assert path.read_text() == before
 
 
+def test_a_changed_key_names_the_address_reached_and_login_nodes_only_for_such_a_name(
+        tmp_path: Path, keys: Keys) -> None:
+    kh = known(tmp_path, line("login.example.org", keys.ecdsa))
+    with pytest.raises(HostKeyError) as err:
+        kh.verify(["login.example.org"], keys.ecdsa2, reached="10.1.2.3")
+    assert str(err.value).startswith("HOST KEY CHANGED for login.example.org (reached at 10.1.2.3): ")
+    assert "login node" not in (err.value.hint or "")  # one address: no invitation to add the key
+    with pytest.raises(HostKeyError) as err:
+        kh.verify(["login.example.org"], keys.ecdsa2, reached="10.1.2.3", several_nodes=True)
+    assert "another of the login nodes behind the name login.example.org" in (err.value.hint or "")
+    with pytest.raises(HostKeyError) as err:
+        kh.verify(["10.1.2.3"], keys.ecdsa2, reached="10.1.2.3")
+    assert "reached at" not in str(err.value)  # the name is the address
+
+
 def test_changed_key_in_a_later_file_is_refused(tmp_path: Path, keys: Keys) -> None:
     first = write(tmp_path / "kh1", line("other", keys.ecdsa))
     second = write(tmp_path / "kh2", line("login", keys.ecdsa))
