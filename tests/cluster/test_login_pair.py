@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fixtures import seed_session
-from hpcnb_driver import Hpcnb, derived_config
+from hpcnb_driver import Hpcnb, derived_config, stop_keepers
 from testbed import topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("alone")]
@@ -37,13 +38,24 @@ def dead(host: topology.Host) -> Iterator[None]:
         subprocess.run(["ip", "-n", host.name, "link", "set", "eth0", "up"], check=True)
 
 
-def laptop(tmp_path: Path, name: str, config: Path) -> Hpcnb:
-    """An hpcnb with its own store and its own keepers: another laptop. (Its keepers' folder is
-    short: a unix socket's path has at most 107 bytes.)"""
-    runtime = Path(tempfile.mkdtemp(prefix="hb-pair-"))
-    hpcnb = Hpcnb(tmp_path / name, config=config, home=tmp_path)
-    hpcnb.env.update(HPCNB_RUNTIME_DIR=str(runtime), HPCNB_SSH_CONFIG=str(topology.SSH_CONFIG))
-    return hpcnb
+@pytest.fixture
+def laptop(tmp_path: Path) -> Iterator[Callable[[str, Path], Hpcnb]]:
+    """laptop(name, config): an hpcnb with its own store and its own keepers (another laptop);
+    its keepers and OpenSSH masters end with the test. The keepers' folder is short: a unix
+    socket's path has at most 107 bytes."""
+    folders: list[Path] = []
+
+    def make(name: str, config: Path) -> Hpcnb:
+        runtime = Path(tempfile.mkdtemp(prefix="hb-pair-"))
+        folders.append(runtime)
+        hpcnb = Hpcnb(tmp_path / name, config=config, home=tmp_path)
+        hpcnb.env.update(HPCNB_RUNTIME_DIR=str(runtime), HPCNB_SSH_CONFIG=str(topology.SSH_CONFIG))
+        return hpcnb
+
+    yield make
+    for folder in folders:
+        stop_keepers(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def reached(hpcnb: Hpcnb) -> list[tuple[str, int]]:
@@ -68,8 +80,8 @@ def answers_again(attached, within: float = 90) -> int:
             time.sleep(1)
 
 
-def test_submitted_through_one_login_node_listed_and_attached_through_the_other(testbed, tmp_path):
-    first = laptop(tmp_path, "laptop", testbed)
+def test_submitted_through_one_login_node_listed_and_attached_through_the_other(testbed, laptop):
+    first = laptop("laptop", testbed)
     before = logins_on(topology.LOGIN2, topology.LOGIN2_LAPTOP_ADDR)
     job_id = first.submit(CLUSTER, "--hours", "0.25")
     try:
@@ -92,7 +104,7 @@ def test_submitted_through_one_login_node_listed_and_attached_through_the_other(
 
                 # Another laptop, no keeper yet: its first login skips the silent login2 after 1 s,
                 # and its attach reads the handshake through login1.
-                other = laptop(tmp_path, "other-laptop", testbed)
+                other = laptop("other-laptop", testbed)
                 with other.attach(job_id, CLUSTER) as again:
                     assert again.execute(kernel, "x + 2") == "43"
                 assert reached(other) == [(topology.LOGIN.addr, 1)]
@@ -101,8 +113,8 @@ def test_submitted_through_one_login_node_listed_and_attached_through_the_other(
     assert cancelled.returncode == 0, cancelled.stderr
 
 
-def test_a_command_on_a_kept_login_whose_node_died_runs_again_through_another(testbed, tmp_path):
-    hpcnb = laptop(tmp_path, "laptop", testbed)
+def test_a_command_on_a_kept_login_whose_node_died_runs_again_through_another(testbed, tmp_path, laptop):
+    hpcnb = laptop("laptop", testbed)
     seed_session(tmp_path / "laptop", CLUSTER, "999998")  # a running session: `list` asks the cluster
     hpcnb.run("list", "--cluster", CLUSTER, check=True)
     assert reached(hpcnb) == [(topology.LOGIN2.addr, 1)]
@@ -113,11 +125,11 @@ def test_a_command_on_a_kept_login_whose_node_died_runs_again_through_another(te
     assert reached(hpcnb) == [(topology.LOGIN.addr, 2)]
 
 
-def test_the_openssh_backends_master_on_a_dead_login_node_gives_way(testbed, tmp_path):
+def test_the_openssh_backends_master_on_a_dead_login_node_gives_way(testbed, laptop):
     # ssh_backend = "openssh": ssh's own ServerAliveInterval x ServerAliveCountMax ends the master
     # on the dead node; the next command's master goes to login1 (ssh tries the addresses in turn).
     cluster = "testbed-openssh-pair"
-    hpcnb = laptop(tmp_path, "laptop", testbed)
+    hpcnb = laptop("laptop", testbed)
     job_id = hpcnb.submit(cluster, "--hours", "0.25")
     try:
         with dead(topology.LOGIN2):
@@ -133,7 +145,7 @@ def test_the_openssh_backends_master_on_a_dead_login_node_gives_way(testbed, tmp
     assert cancelled.returncode == 0, cancelled.stderr
 
 
-def test_the_host_key_checked_is_the_one_of_the_login_node_reached(testbed, tmp_path):
+def test_the_host_key_checked_is_the_one_of_the_login_node_reached(testbed, tmp_path, laptop):
     # The user has login2's key under the name, not login1's: as after accepting the first key
     # their laptop met, at a site whose login nodes each have their own key.
     lines = topology.KNOWN_HOSTS.read_text().splitlines(keepends=True)
@@ -143,7 +155,7 @@ def test_the_host_key_checked_is_the_one_of_the_login_node_reached(testbed, tmp_
     assert known.read_text().count(topology.LOGIN_ALIAS) == 1
     config = derived_config(tmp_path / "hpcnb.toml", testbed, {
         "pair": (CLUSTER, {"known_hosts": str(known), "persist": "no"})})
-    hpcnb = laptop(tmp_path, "laptop", config)
+    hpcnb = laptop("laptop", config)
     seed_session(tmp_path / "laptop", "pair", "999998")  # a running session: `list` asks the cluster
     assert hpcnb.run("list", "--cluster", "pair").returncode == 0  # login2: its key is known
     seed_session(tmp_path / "laptop", "pair", "999999")
