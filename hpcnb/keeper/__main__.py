@@ -8,14 +8,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from hpcnb.errors import HpcnbError
-from hpcnb.keeper.endpoint import authkey, endpoint_for
-from hpcnb.keeper.server import Keeper, Spec, listen, write_info
+from hpcnb.keeper.endpoint import Endpoint, authkey, endpoint_for
+from hpcnb.keeper.server import Keeper, Spec, listen
 
 
 def main() -> int:
@@ -42,10 +44,15 @@ def main() -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started it may close
 
     def on_term(signum: int, _frame: object) -> None:
+        if keeper.ending:
+            # A second SIGTERM, or stop() could not wake the accept loop: a handler that raises
+            # interrupts the blocking accept (PEP 475 retries only when it returns).
+            raise SystemExit(0)
         # Not in the handler itself: stop() connects to the accept loop this thread is in.
         threading.Thread(target=keeper.stop, args=(f"signal {signum}",), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
+    keeper.on_unwakeable = lambda: os.kill(os.getpid(), signal.SIGTERM)  # on_term, keeper ending
     try:
         keeper.serve_forever(listener)
     except HpcnbError as exc:
@@ -55,6 +62,15 @@ def main() -> int:
         with contextlib.suppress(OSError):
             endpoint.info.unlink()
     return 0
+
+
+def write_info(endpoint: Endpoint, spec: Spec) -> None:
+    """What `hpcnb connections` shows without asking (the keeper may be busy or gone)."""
+    data = {"cluster": spec.cluster, "key": spec.key, "pid": os.getpid(), "since": time.time(),
+            "login_host": spec.login_host}
+    fd = os.open(endpoint.info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ logout, or when its login cannot be made.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -82,6 +81,8 @@ class _OpenUntilStatus:
 
 
 class Keeper:
+    WAKE_WAIT_S = 5.0  # after stop(), the accept loop ends within this, or it cannot be woken
+
     def __init__(self, spec: Spec, endpoint: Endpoint, authkey: bytes) -> None:
         self.spec, self.endpoint, self._authkey = spec, endpoint, authkey
         self.relay = PromptRelay(spec.cluster, notify=spec.notify)
@@ -97,6 +98,8 @@ class Keeper:
         self._exits: dict[str, int] = {}  # and their exit statuses, until `exited` takes them
         self._exited = threading.Condition(self._state_lock)
         self._stop = threading.Event()
+        self._served = threading.Event()  # the accept loop has ended
+        self.on_unwakeable: Callable[[], None] = lambda: None
         self._ending = ""  # set when the keeper must end after the current requests are answered
         self.exit_reason = ""
 
@@ -328,6 +331,10 @@ class Keeper:
         self.stop("logged out")
 
     # --- lifetime ---------------------------------------------------------------------------
+    @property
+    def ending(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self, reason: str) -> None:
         if self._stop.is_set():
             return
@@ -337,6 +344,12 @@ class Keeper:
         # Wake the accept loop: it cannot be interrupted otherwise.
         with contextlib.suppress(OSError, EOFError, AuthenticationError):
             Client(self.endpoint.address, family=self.endpoint.family, authkey=self._authkey).close()
+        if not self._served.wait(self.WAKE_WAIT_S):
+            # Nothing reached it: its socket is gone (the folder deleted by a /tmp cleaner or by
+            # hand) or is another keeper's now. End the login, then the process (__main__).
+            _log.info("the accept loop cannot be woken (its socket is gone); ending the process")
+            self._close()
+            self.on_unwakeable()
 
     def _watch_idle(self) -> None:
         interval = max(0.2, min(30.0, self.spec.idle_s / 4))
@@ -363,6 +376,7 @@ class Keeper:
                 break
             threading.Thread(target=self.serve_connection, args=(conn,), name="keeper-client",
                              daemon=True).start()
+        self._served.set()
         self._close()
 
     def _close(self) -> None:
@@ -382,12 +396,3 @@ def listen(endpoint: Endpoint) -> Listener:
     """The keeper's listener. No authkey on it: each connection's own thread checks the key
     (Keeper.serve_connection), so one silent client cannot stall the others."""
     return Listener(endpoint.address, family=endpoint.family, backlog=64)
-
-
-def write_info(endpoint: Endpoint, spec: Spec) -> None:
-    """What `hpcnb connections` shows without asking (the keeper may be busy or gone)."""
-    data = {"cluster": spec.cluster, "key": spec.key, "pid": os.getpid(), "since": time.time(),
-            "login_host": spec.login_host}
-    fd = os.open(endpoint.info, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)

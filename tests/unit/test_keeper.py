@@ -15,9 +15,10 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 import types
 from collections.abc import Iterator
-from multiprocessing.connection import Pipe
+from multiprocessing.connection import Client, Pipe
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from hpcnb.errors import (
     KeeperError,
     SchedulerUnavailable,
 )
+from hpcnb.keeper import __main__ as keeper_main
 from hpcnb.keeper import client, persist, server, wire
 from hpcnb.keeper import endpoint as ep
 from hpcnb.prompts import Prompt
@@ -734,10 +736,31 @@ def test_idle_keeper_stops_by_itself(keeper_home: Path, local_remote: LocalRemot
     assert running.errors == []
 
 
+def test_a_keeper_whose_socket_was_deleted_still_ends(keeper_home: Path, local_remote: LocalRemote) -> None:
+    # Its folder cleaned away (/tmp cleaners, rm -r): nothing can connect to wake its accept loop,
+    # so stop() closes the login and ends the process itself (__main__: SIGTERM on an ending keeper
+    # raises out of the accept), not a keeper that never ends and holds its login for ever.
+    running = Running(keeper_home, cluster_cfg(), lambda asker: local_remote)
+    ended: list[str] = []
+    running.keeper.WAKE_WAIT_S = 0.3
+    running.keeper.on_unwakeable = lambda: ended.append("process ends")
+    Client(running.endpoint.address, family="AF_UNIX", authkey=running.authkey).close()  # it serves
+    time.sleep(0.2)  # and is back in accept()
+    Path(running.endpoint.address).unlink()
+    running.keeper.stop("idle for 43200 s")
+    assert ended == ["process ends"]
+    assert running.thread.is_alive()  # still in accept(): what the process end takes care of
+    sock = running.listener._listener._socket  # type: ignore[attr-defined]
+    sock.shutdown(socket.SHUT_RDWR)  # let the test's thread go
+    assert running.ended(5.0)
+    Path(running.endpoint.address).touch()  # what the listener's close unlinks
+    running.listener.close()
+
+
 def test_live_keepers_and_logout(keeper_home: Path, local_remote: LocalRemote) -> None:
     running = Running(keeper_home, cluster_cfg(), lambda asker: local_remote)
     try:
-        server.write_info(running.endpoint, running.spec)
+        keeper_main.write_info(running.endpoint, running.spec)
         assert mode(running.endpoint.info) == 0o600
         [found] = client.live_keepers()
         assert found["key"] == running.spec.key and found["cluster"] == "testc"
