@@ -47,13 +47,19 @@ SRC = WORK / "src"
 HPCNB = [sys.executable, "-P", "-m", "hpcnb"]
 
 
-def snapshot(ref: str = "HEAD", overlay: tuple[str, ...] = ("hpcnb/tunnel.py",)) -> str:
+def snapshot(ref: str = "HEAD", overlay: tuple[str, ...] = ("hpcnb/tunnel.py",),
+             patches: tuple[Path, ...] = ()) -> str:
+    """hpcnb at `ref` in SRC, the working tree's `overlay` files on top, then each of `patches` (a
+    `git diff` of a change proposed for a file the bench does not own, measured before it is made)."""
     SRC.mkdir(exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "hpcnb", "templates", "site-configs"],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(SRC)], input=archive, check=True)
     for rel in overlay:
         (SRC / rel).write_bytes((ROOT / rel).read_bytes())
+    for patch in patches:
+        subprocess.run(["git", "apply", "--unsafe-paths", f"--directory={SRC.relative_to('/')}",
+                        str(Path(patch).resolve())], cwd="/", check=True)
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True,
                           text=True, check=True).stdout.strip()
 JOBS: set[str] = set()  # every job id this run submitted (all on the Slurm testbed)
