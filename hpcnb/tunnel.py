@@ -1,7 +1,8 @@
 """The local end of the tunnel: a listener on 127.0.0.1 whose connections are piped to upstreams.
 
 Each browser connection gets its own upstream (a paramiko Channel or a plain socket) from
-`open_upstream()` and two pump threads, one per direction. Threads rather than a selector loop:
+`open_upstream()` and two pump threads, one per direction (threads kept for the next connection,
+_Workers). Threads rather than a selector loop:
 measured with bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy
 +-40%), a single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s,
 up 440-530 vs 410-590) and only ~0.5 ms quicker to open a connection; while in a selector loop a
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import queue
 import selectors
 import socket
 import threading
@@ -51,6 +53,54 @@ def _ignore(_message: str) -> None:
     return None
 
 
+# How long a pump thread with nothing to do waits for the next connection before it ends.
+WORKER_IDLE_S = 60.0
+
+
+class _Workers:
+    """Threads kept for the next connection's pumps instead of two new threads per connection.
+
+    Starting and ending a thread costs ~0.15 ms of CPU here, and a connection needs two: with paramiko's
+    channel open (0.45 ms) and close (0.3-0.4 ms) that was most of the 1.3 ms a connection cost. A
+    JupyterLab load over 100 new connections (bench/run.py, 313 requests): CPU of the tunnel 0.24 ->
+    0.18 s on a loopback sshd (medians of 14), 0.22-0.27 -> 0.17-0.19 s on the testbed (5 rounds).
+    No cap: every open connection holds its two pumps (a websocket for hours), so a cap would refuse
+    connections; an idle worker ends after WORKER_IDLE_S.
+    """
+
+    def __init__(self, idle_s: float = WORKER_IDLE_S) -> None:
+        self.idle_s = idle_s
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # workers waiting for a job that no queued job has claimed yet
+
+    def run(self, fn: Callable[..., object], *args: object) -> None:
+        """Call fn(*args) in a worker thread: an idle one, or a new one if none is idle."""
+        self._jobs.put((fn, args))
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # one waiting worker will take it
+                return
+        threading.Thread(target=self._work, name="tunnel-pump", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn, args = self._jobs.get(timeout=self.idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # not claimed meanwhile: leave
+                        self._idle -= 1
+                        return
+                continue  # run() counted on this worker for a job just queued: take it
+            fn(*args)
+            with self._lock:
+                self._idle += 1
+
+
+WORKERS = _Workers()
+
+
 class _Pipe:
     """One browser connection and its upstream; closes both when both directions are done."""
 
@@ -60,9 +110,7 @@ class _Pipe:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        threading.Thread(
-            target=self._pump, args=(self.upstream, self.client), name="tunnel-down", daemon=True
-        ).start()
+        WORKERS.run(self._pump, self.upstream, self.client)
         self._pump(self.client, self.upstream)
 
     def _pump(self, src: Upstream, dst: Upstream) -> None:
@@ -182,7 +230,7 @@ class Tunnel:
             return
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=self._handle, args=(client,), name="tunnel-up", daemon=True).start()
+        WORKERS.run(self._handle, client)
 
     def _handle(self, client: socket.socket) -> None:
         try:
