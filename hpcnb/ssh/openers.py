@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from hpcnb.errors import HpcnbError
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.ssh.remote import SSHRemote
+from hpcnb.ssh.transport import TUNNEL_WINDOW_SIZE
 from hpcnb.tunnel import Notify, Upstream
 
 MODES = ("direct", "node-ssh", "socket")
@@ -80,10 +81,10 @@ class NotebookRoute:
         t = self.target
         if t.mode == "socket":
             assert t.socket is not None
-            return conn.open_unix(t.socket)
+            return conn.open_unix(t.socket, window_size=TUNNEL_WINDOW_SIZE)
         if t.mode == "node-ssh":
-            return conn.open_tcp("127.0.0.1", int(t.port or 0))
-        return conn.open_tcp(str(t.host), int(t.port or 0))
+            return conn.open_tcp("127.0.0.1", int(t.port or 0), window_size=TUNNEL_WINDOW_SIZE)
+        return conn.open_tcp(str(t.host), int(t.port or 0), window_size=TUNNEL_WINDOW_SIZE)
 
     def __call__(self) -> Upstream:
         return self._upstream()

@@ -164,17 +164,19 @@ class SSHRemote:
         return hop
 
     # --- channels ------------------------------------------------------------------------
-    def open_tcp(self, host: str, port: int, *, timeout: float = 10.0) -> paramiko.Channel:
+    def open_tcp(self, host: str, port: int, *, timeout: float = 10.0,
+                 window_size: int | None = None) -> paramiko.Channel:
         """A direct-tcpip channel from this host to host:port (what `ssh -L` uses)."""
-        return open_tcp(self.transport, self.host, host, port, timeout=timeout)
+        return open_tcp(self.transport, self.host, host, port, timeout=timeout, window_size=window_size)
 
-    def open_unix(self, path: str, *, timeout: float = 10.0) -> paramiko.Channel:
+    def open_unix(self, path: str, *, timeout: float = 10.0,
+                  window_size: int | None = None) -> paramiko.Channel:
         """A direct-streamlocal@openssh.com channel to the unix socket `path` on this host."""
         transport = self.transport
         if not isinstance(transport, SSHTransport):
             raise SSHError("open_unix needs a connection made by SSHRemote.connect")
         try:
-            return transport.open_streamlocal(path, timeout=timeout)
+            return transport.open_streamlocal(path, timeout=timeout, window_size=window_size)
         except paramiko.ChannelException as exc:
             raise SSHError(
                 f"{self.host} could not open unix socket {path}: {exc.text}",

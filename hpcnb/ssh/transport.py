@@ -32,6 +32,16 @@ CIPHERS = (
     "aes192-ctr",
 )
 WINDOW_SIZE = 16 * 1024 * 1024  # receive window per channel: keeps a fast link full
+# A notebook tunnel's channels (hpcnb.ssh.openers) get OpenSSH's window for forwarded channels
+# instead: all channels share one TCP stream, and a download may put a whole window of its data in
+# the sshds' buffers and the TCP queues ahead of the kernel's small reply (head-of-line blocking).
+# bench/run.py on the testbed, 2 runs each, kernel p99 during a 1 GiB download / idle p99:
+# direct 2.46, 2.64 (16 MiB: 9.04, 5.42; loaded p99 29-33 ms against 97-127, OpenSSH 35-39),
+# node-ssh 1.52, 2.02 (2.68, 3.02), socket 1.56, 1.46 (1.44, 2.25). Cost: node-ssh and socket
+# downloads fall to OpenSSH's speed (146-149 and 110-136 MB/s against 229-257 and 153-209; OpenSSH
+# 149-158, 121-132), direct within noise (286-491 against 360-363). Over a long path a window caps
+# one download at window / RTT (2 MiB at 50 ms: ~40 MB/s), as it caps `ssh -L`'s.
+TUNNEL_WINDOW_SIZE = 2 * 1024 * 1024
 # Largest channel data packet we let the server send (what we advertise when opening a channel).
 # OpenSSH uses 32 KiB for its own forwarded channels but accepts packets up to 256 KiB
 # (PACKET_MAX_SIZE) and sends up to what the peer advertises; each packet costs paramiko a fixed
@@ -56,10 +66,11 @@ class SSHTransport(paramiko.Transport):
 
     _pending = threading.local()
 
-    def open_streamlocal(self, path: str, timeout: float | None = None) -> paramiko.Channel:
+    def open_streamlocal(self, path: str, timeout: float | None = None,
+                         window_size: int | None = None) -> paramiko.Channel:
         self._pending.path = path
         try:
-            return self.open_channel(STREAMLOCAL, timeout=timeout)
+            return self.open_channel(STREAMLOCAL, window_size=window_size, timeout=timeout)
         finally:
             self._pending.path = None
 
@@ -191,11 +202,12 @@ def open_transport(
     return transport
 
 
-def open_tcp(transport: paramiko.Transport, where: str, host: str, port: int, *, timeout: float
-             ) -> paramiko.Channel:
+def open_tcp(transport: paramiko.Transport, where: str, host: str, port: int, *, timeout: float,
+             window_size: int | None = None) -> paramiko.Channel:
     """A direct-tcpip channel from `where` (the transport's host) to host:port (what `ssh -L` uses)."""
     try:
-        return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                      window_size=window_size, timeout=timeout)
     except paramiko.ChannelException as exc:
         raise SSHError(f"{where} could not open a connection to {host} port {port}: {exc.text}") from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
