@@ -15,10 +15,14 @@ import socket
 CHANNEL_READ = 64 * 1024 * 1024
 
 
-def tcp_connect(host: str, port: int, timeout: float, *, keepalive: bool = False) -> socket.socket:
-    """A TCP connection with TCP_NODELAY (Nagle's algorithm alone adds ~40 ms to a small write
-    that waits for a delayed ACK). Raises OSError as socket.create_connection does."""
-    sock = socket.create_connection((host, int(port)), timeout=timeout)
+def tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection with TCP_NODELAY. Raises OSError as socket.create_connection does."""
+    return no_delay(socket.create_connection((host, int(port)), timeout=timeout))
+
+
+def no_delay(sock: socket.socket, *, keepalive: bool = False) -> socket.socket:
+    """TCP_NODELAY on (Nagle's algorithm alone adds ~40 ms to a small write that waits for a
+    delayed ACK), and SO_KEEPALIVE with keepalive; the socket, for chaining."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -29,13 +29,7 @@ from multiprocessing import connection as mpc
 from multiprocessing.connection import Client, Listener
 from typing import Any
 
-from hpcnb.errors import (
-    AuthenticationFailed,
-    HostKeyError,
-    HpcnbError,
-    KeeperError,
-    SSHError,
-)
+from hpcnb.errors import AuthenticationFailed, HostKeyError, HpcnbError, KeeperError, SSHError
 from hpcnb.keeper import wire
 from hpcnb.keeper.commands import run_kept, waits_until
 from hpcnb.keeper.endpoint import Endpoint

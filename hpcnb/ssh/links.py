@@ -17,14 +17,7 @@ import paramiko
 from hpcnb.errors import SSHError
 from hpcnb.ssh import auth
 from hpcnb.ssh.route import Hop
-from hpcnb.ssh.transport import (
-    Login,
-    SSHTransport,
-    open_tcp,
-    open_transport,
-    peer_address,
-    tcp_socket,
-)
+from hpcnb.ssh.transport import Login, SSHTransport, open_tcp, open_transport, peer_address, tcp_socket
 
 
 class Link:

@@ -18,6 +18,7 @@ from paramiko.common import cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
 from hpcnb.errors import HostKeyError, SSHError
+from hpcnb.net import no_delay
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.route import Hop
@@ -113,12 +114,9 @@ def tcp_socket(host: str, port: int, timeout: float) -> socket.socket:
     with Nagle off (a keystroke or a kernel message must not wait for a delayed ACK) and TCP
     keepalive on."""
     try:
-        sock = dial.connect(host, port, timeout)
+        return no_delay(dial.connect(host, port, timeout), keepalive=True)
     except OSError as exc:
         raise _connect_error(host, port, exc, timeout) from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    return sock
 
 
 @dataclass(frozen=True)

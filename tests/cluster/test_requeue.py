@@ -17,8 +17,7 @@ def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
     job_id = hpcnb.submit("testbed", "--hours", "0.25")
     try:
-        attached = hpcnb.attach(job_id, "testbed")
-        try:
+        with hpcnb.attach(job_id, "testbed") as attached:
             port, old_token = attached.port, attached.token
             assert attached.http("GET", "/api/status")[0] == 200
             admin_scontrol("requeue", job_id)
@@ -27,16 +26,13 @@ def test_a_requeued_job_is_followed_on_the_same_local_port(testbed, tmp_path):
                 time.sleep(0.5)
             assert "put back in the queue by the scheduler" in attached.stderr()
             assert f"the tunnel follows it on 127.0.0.1:{port}" in attached.stderr()
-            [row] = [r for r in hpcnb.list_json("testbed") if r["job_id"] == job_id]
-            assert row["state"] == "pending"  # list shows it queued again
+            assert hpcnb.row("testbed", job_id)["state"] == "pending"  # list shows it queued again
             # Slurm holds a requeued job back for ~2 min (BeginTime); the test lets it go now.
             admin_scontrol("update", f"JobId={job_id}", "StartTime=now")
             url = attached.next_url(timeout=180)  # the new run's URL: same port, a new token
             assert url.startswith(f"http://127.0.0.1:{port}/lab?token=") and old_token not in url
             assert attached.proc.poll() is None
             assert attached.http("GET", "/api/status")[0] == 200
-        finally:
-            attached.detach()
     finally:
         hpcnb.run("cancel", job_id, "--cluster", "testbed")
 
@@ -49,15 +45,12 @@ def test_a_pbs_job_rerun_is_followed_on_the_same_local_port(testbed, tmp_path):
     hpcnb = Hpcnb(tmp_path / "state", config=testbed)
     job_id = hpcnb.submit("testbed-openpbs", "--hours", "0.25")
     try:
-        attached = hpcnb.attach(job_id, "testbed-openpbs")
-        try:
+        with hpcnb.attach(job_id, "testbed-openpbs") as attached:
             port, old_token = attached.port, attached.token
             openpbs.run(LOGIN, [str(OPENPBS_PREFIX / "bin" / "qrerun"), job_id])
             url = attached.next_url(timeout=180)
             assert "put back in the queue by the scheduler" in attached.stderr(), attached.stderr()
             assert url.startswith(f"http://127.0.0.1:{port}/lab?token=") and old_token not in url
             assert attached.http("GET", "/api/status")[0] == 200
-        finally:
-            attached.detach()
     finally:
         hpcnb.run("cancel", job_id, "--cluster", "testbed-openpbs")
