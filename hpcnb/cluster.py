@@ -19,17 +19,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcnb import handshake as hs
 from hpcnb.batch import BatchSystem
 from hpcnb.config import ClusterConfig, load_cluster
 from hpcnb.errors import JobEnded, JobNotFound, logs_hint
 from hpcnb.remote import LocalRemote, Remote
-from hpcnb.request import JobRequest, build_request
 from hpcnb.schedulers import JobStatus, get_scheduler
-from hpcnb.session import Session
 from hpcnb.store import ENDED, SessionRecord, Store
+
+if TYPE_CHECKING:  # imported where used: `hpcnb list` needs none of them (issue 15: list in 150 ms)
+    from hpcnb.handshake import JobFiles
+    from hpcnb.request import JobRequest
+    from hpcnb.session import Session
 
 LOOK_LIMIT = 200  # session folders asked about when looking on the cluster (the newest)
 
@@ -127,9 +129,11 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def files(self, job_id: str) -> hs.JobFiles:
+    def files(self, job_id: str) -> JobFiles:
         """Where the job's files are on the cluster (hpcnb.handshake)."""
-        return hs.JobFiles(self.cfg.machine, job_id)
+        from hpcnb.handshake import JobFiles
+
+        return JobFiles(self.cfg.machine, job_id)
 
     def record(self, status: JobStatus) -> None:
         """A fresh status into this machine's record (a job it does not know is left alone)."""
@@ -141,6 +145,8 @@ class Cluster:
     def request(self, **values: Any) -> JobRequest:
         """Validate a job's values (partition, hours or time, account, cpus, mem, gpus, name,
         notebook_dir) against this cluster's config: UsageError names the bad one."""
+        from hpcnb.request import build_request
+
         return build_request(self.cfg, **values)
 
     def script(self, request: JobRequest | None = None, **values: Any) -> str:
@@ -159,6 +165,8 @@ class Cluster:
         self.remote.run(["rm", "-f", files.connection, files.ended])
         self._remember(job_id, name=request.name, partition=request.partition, state="pending",
                        node=None, time_left_s=request.walltime_seconds)
+        from hpcnb.session import Session
+
         return Session(self, job_id, fresh=True)
 
     def _remember(self, job_id: str, **fields: Any) -> None:
@@ -171,7 +179,9 @@ class Cluster:
 
     def check_job(self, job_id: str) -> None:
         """A job recorded under another cluster only: say so instead of asking the wrong scheduler."""
-        hs.check_job_id(job_id)
+        from hpcnb.handshake import check_job_id
+
+        check_job_id(job_id)
         if self.store.get(self.name, job_id) is not None:
             return
         others = [r.cluster for r in self.store.list() if r.job_id == job_id and r.cluster != self.name]
@@ -192,6 +202,8 @@ class Cluster:
     def session(self, job_id: str, *, running: bool = False) -> Session:
         """A session already submitted (from this laptop or another). With running, JobEnded when
         it has ended. A session this laptop did not know is recorded."""
+        from hpcnb.session import Session
+
         status = self.status(job_id)
         if running and status.state.is_final:
             raise JobEnded(f"job {job_id} has ended ({status.state.value})",
@@ -230,6 +242,8 @@ class Cluster:
         laptop's, a lost or damaged store's), found by their session folders on the cluster (the
         job makes ~/.hpcnb/sessions/<machine>/<job id>, whatever its name) and asked about in one
         scheduler query. Ended ones are history, and stay on the cluster (`hpcnb logs`)."""
+        from hpcnb import handshake as hs
+
         folder = f"{hs.SESSIONS_DIR}/{self.cfg.machine}"
         listing = self.remote.run(["ls", "-1t", "--", folder])  # newest first; none: no folder
         ids = [n for n in listing.stdout.split() if hs.JOB_ID_RE.match(n)] if listing.ok else []

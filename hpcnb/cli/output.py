@@ -104,7 +104,10 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     click.echo(table(rows, headers))
 
 
-_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# A whole column at once (its cells joined by newlines: one regex call, not one per cell): every
+# cell a number or empty. table() checks first that no cell holds a newline itself.
+_NUMBERS_RE = re.compile(rf"(?:{_NUMBER})?(?:\n(?:{_NUMBER})?)*")
 
 
 def _cell_width(text: str) -> int:
@@ -123,13 +126,16 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     holds them side by side): two spaces between columns, each as wide as its widest cell and
     its header + 2, numbers right-aligned, text left-aligned, a dashed rule under the headers.
     Its own code because tabulate's type detection and width tables took 400 ms for `hpcnb
-    list --all` over 10,000 sessions (issue 15 wants the whole command under 150 ms)."""
+    list --all` over 10,000 sessions (issue 15 wants the whole command under 150 ms): here each
+    column is looked at with a few calls into C (join, isascii, one regex), not per cell."""
     cells = [["" if v is None else str(v).strip() for v in row] for row in rows]
     heads = [str(h) for h in headers]
     columns = list(zip(*cells, strict=True)) if cells else [() for _ in heads]
-    ascii_only = all(v.isascii() for col in columns for v in col) and all(h.isascii() for h in heads)
+    joined = ["\n".join(col) for col in columns]
+    ascii_only = all(text.isascii() for text in joined) and all(h.isascii() for h in heads)
     width = len if ascii_only else _cell_width
-    right = [bool(col) and any(col) and all(not v or _NUMBER_RE.match(v) for v in col) for col in columns]
+    right = [bool(text.strip()) and text.count("\n") == len(col) - 1
+             and _NUMBERS_RE.fullmatch(text) is not None for text, col in zip(joined, columns, strict=True)]
     widths = [max([width(head) + 2, *map(width, col)]) for head, col in zip(heads, columns, strict=True)]
     if ascii_only:  # one format string: characters are columns here
         template = "  ".join(f"{{:{'>' if r else '<'}{w}}}" for r, w in zip(right, widths, strict=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from hpcnb import browser
 from hpcnb.cli import output as cli_ui
-from hpcnb.cli.output import _NUMBER_RE, table
+from hpcnb.cli.output import _NUMBER, table
 
 TESTBED_CONFIG = Path(__file__).resolve().parents[1] / "testbed" / "hpcnb.toml"
 
@@ -165,8 +166,21 @@ def test_is_wsl_reads_proc_version(tmp_path, text, expected):
 
 # What hpcnb's tables hold: names, states, hosts, paths; accented and CJK letters (two columns wide).
 _TEXT = st.text(st.sampled_from("abcXYZ019 ._-:/()[]@éüßñ日本語中文\u2013"), max_size=12)
-# (tabulate rewrites a decimal such as "0." or "1e5" as a number; hpcnb's tables hold none.)
-_WORD = _TEXT.map(str.strip).filter(lambda t: not _NUMBER_RE.match(t) or t.isdigit())
+
+
+def _number_to_tabulate(text: str) -> bool:
+    """tabulate takes what float() reads for a number: "1e5", "0.", also "0_0" (PEP 515)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# (tabulate rewrites a decimal such as "0." or "1e5" as a number, and right-aligns "0_0"; hpcnb's
+# tables hold none of them.)
+_WORD = _TEXT.map(str.strip).filter(
+    lambda t: t.isdigit() or not (re.fullmatch(_NUMBER, t) or _number_to_tabulate(t)))
 _CELL = st.one_of(_WORD, st.integers(-10**6, 10**9).map(str), st.just(""))
 
 
