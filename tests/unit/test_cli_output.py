@@ -196,3 +196,11 @@ def test_tables_print_as_tabulate_prints_them(case) -> None:
 
     headers, rows = case
     assert table(rows, headers) == tabulate(rows, headers=headers)
+
+
+def test_a_column_is_numeric_only_when_every_cell_is_a_number_or_empty() -> None:
+    # table() checks a whole column with one regex over its cells joined by newlines: a cell that
+    # holds a newline itself must not make "1\n2" two numbers.
+    assert table([["1\n2"], ["3"]], ["A"]).splitlines()[2] == "1"
+    assert table([["12"], [""], ["3"]], ["ID"]) == "  ID\n----\n  12\n\n   3"
+    assert table([["12"], ["x"]], ["ID"]) == "ID\n----\n12\nx"
