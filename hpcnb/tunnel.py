@@ -125,6 +125,9 @@ class _Pipe:
         except self.tunnel.errors:
             self.close()  # a reset on either side ends both directions
             return
+        except BaseException:
+            self.close()  # anything else is a bug: say so (raise), but never leave the browser hanging
+            raise
         with self._lock:
             self._open_directions -= 1
             last = self._open_directions == 0

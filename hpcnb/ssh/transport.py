@@ -12,6 +12,7 @@ import errno
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_OPEN
@@ -61,11 +62,17 @@ class SSHTransport(paramiko.Transport):
     (""), uint32 reserved (0)`. Transport.open_channel() writes the generic part (type, id, window,
     packet size) for unknown types and then does all the waiting and error handling, so we reuse it
     and add the three fields in one private hook: `Transport._send_user_message(data)`, which
-    open_channel calls in the calling thread with the Message it built. That hook is the only
-    paramiko internal used (present and unchanged from paramiko 2.x through 5.x).
+    open_channel calls in the calling thread with the Message it built (present and unchanged from
+    paramiko 2.x through 5.x). The same hook, `clear_to_send` and `_parse_newkeys` (reached through
+    the per-instance handler table: so in 3.4.0, the oldest we allow, and 5.1.0) keep paramiko's own
+    thread from waiting on itself during a rekey (see _send_user_message).
     """
 
     _pending = threading.local()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_kex: list[Message] = []  # see _send_user_message
 
     def open_streamlocal(self, path: str, timeout: float | None = None,
                          window_size: int | None = None) -> paramiko.Channel:
@@ -86,7 +93,26 @@ class SSHTransport(paramiko.Transport):
                 data.add_string(path)
                 data.add_string("")
                 data.add_int(0)
+        if threading.current_thread() is self and not self.clear_to_send.is_set():
+            # paramiko's own thread sends through here too: the answer to sshd's CHANNEL_CLOSE
+            # (Channel._handle_close), a keepalive. During a key exchange that waits for
+            # clear_to_send, which only this thread sets (on NEWKEYS): it stops reading, and 30 s
+            # later "Key-exchange timed out waiting for key negotiation" ends the connection and
+            # every channel on it (paramiko#822). sshd closes first whenever the far end closes after
+            # our EOF (a browser ending a kept-alive connection); paramiko rekeys every 512 MiB.
+            # Loopback sshd, 64 x 4 MiB downloads + 16 such connections at a time, 5 GiB: 2 of 6
+            # runs reset everything (8 of 8 with a rekey every 16 MiB); with this queue 0 of 6 (0 of 8).
+            # The message waits here instead, and _parse_newkeys sends it under the new keys.
+            # Only this thread clears and sets clear_to_send during a rekey: the check is not racy.
+            self._after_kex.append(data)
+            return
         super()._send_user_message(data)
+
+    def _parse_newkeys(self, m: Message) -> None:
+        super()._parse_newkeys(m)  # sets clear_to_send
+        queued, self._after_kex = self._after_kex, []
+        for data in queued:
+            super()._send_user_message(data)
 
 
 def _why(exc: OSError, timeout: float) -> str:

@@ -334,3 +334,27 @@ def test_from_config_duck_typed(sshd: Sshd) -> None:
         assert remote.run(["true"]).exit_status == 0
     with pytest.raises(SSHError, match="no login_host"):
         SSHRemote.from_config(SimpleNamespace(**{**vars(cfg), "login_host": None}))
+
+
+def test_tunnel_survives_rekeys_while_far_ends_close(remote: SSHRemote, http_port: int, sha_port: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko rekeys every 512 MiB. sshd's CHANNEL_CLOSE for a connection whose far end closed
+    after our EOF is answered by paramiko's own thread, which waited for clear_to_send: the key
+    exchange only that thread can finish (paramiko#822). 30 s later the SSH connection and every
+    download on it were reset. Here: a rekey every MiB during a 64 MiB download, 300 such closes."""
+    monkeypatch.setattr(paramiko.packet.Packetizer, "REKEY_BYTES", 1 << 20)
+    monkeypatch.setattr(remote.transport, "clear_to_send_timeout", 5.0)  # fail fast
+
+    def closes_after_our_eof(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"x")
+            sock.shutdown(socket.SHUT_WR)
+            return sock.recv(4096)
+
+    with tunnel_to(remote, http_port) as down, tunnel_to(remote, sha_port) as up, \
+            ThreadPoolExecutor(9) as pool:
+        blob = pool.submit(http_get, down.port, "/blob")
+        answers = list(pool.map(lambda _: closes_after_our_eof(up.port), range(300)))
+        assert hashlib.sha256(blob.result()).hexdigest() == BLOB_SHA
+    assert set(answers) == {f"1 {hashlib.sha256(b'x').hexdigest()}".encode()}
+    assert remote.transport.is_active()

@@ -149,6 +149,41 @@ def test_failing_upstream_closes_client_and_keeps_listening(echo_port: int) -> N
         tunnel.stop()
 
 
+class _BrokenUpstream:
+    """An upstream whose read fails with what no opener declares (a bug, or a library's own)."""
+
+    def recv(self, n: int) -> bytes:
+        raise RuntimeError("not an upstream error")
+
+    def sendall(self, data: bytes) -> None:
+        return None
+
+    def shutdown(self, how: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def test_an_unexpected_error_in_a_pump_still_closes_the_browser_side() -> None:
+    # It is raised (a traceback: a bug must be seen), but the browser's connection must not hang.
+    seen: list[type[BaseException]] = []
+    hook, threading.excepthook = threading.excepthook, lambda args: seen.append(args.exc_type)
+    tunnel = Tunnel(_BrokenUpstream)
+    tunnel.serve_in_thread()
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+            assert sock.recv(10) == b""
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [RuntimeError]
+        assert tunnel.connections == 0
+    finally:
+        threading.excepthook = hook
+        tunnel.stop()
+
+
 def test_stop_closes_open_connections(echo_port: int) -> None:
     tunnel = _tunnel(echo_port)
     sock = socket.create_connection(("127.0.0.1", tunnel.port), timeout=5)
