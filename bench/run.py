@@ -20,7 +20,9 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +37,7 @@ from sched_load import CountingKey
 Row = tuple[str, str, str]  # section, metric, value
 ROWS: list[Row] = []
 RATIOS: list[tuple[str, float, str, bool, str]] = []  # metric, value, target, met, word if not met
+T = TypeVar("T")
 NO_TUNNEL_WHERE = {"direct": "login1 -> node address", "node-ssh": "on the node, loopback",
                    "socket": "on the node, unix socket"}
 
@@ -50,6 +53,22 @@ def ratio(metric: str, value: float, target: str, met: bool, miss: str = "MISSED
 def goal(metric: str, value: float, target: str, met: bool) -> None:
     """A goal of issue 15: `short` when not met."""
     ratio(metric, value, target, met, "short")
+
+
+def interleaved(ports: dict[str, int], rounds: int, measure: Callable[[str, int], T]) -> dict[str, list[T]]:
+    """measure(name, port) for each path in turn, `rounds` times (hpcnb, OpenSSH, hpcnb, ...): this
+    shared VM drifts by 20-30 % within a minute, which back-to-back blocks of runs would put into
+    a ratio between the paths."""
+    out: dict[str, list[T]] = {name: [] for name in ports}
+    for _ in range(rounds):
+        for name, port in ports.items():
+            out[name].append(measure(name, port))
+    return out
+
+
+def round_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the rounds' ratios a / b (see interleaved)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def counting_config(key: Path) -> Path:
@@ -143,40 +162,37 @@ class Bench:
 
         tb.log(f"{mode}: JupyterLab cold load")
         waves = hl.lab_assets(ports["hpcnb"], token)
-        secs: dict[str, float] = {}
-        for name, port in ports.items():
+        for port in ports.values():
             hl.cold_load(port, token, waves)  # warm the server's caches once per path
-            runs = [hl.cold_load(port, token, waves) for _ in range(self.runs)]
-            secs[name] = statistics.median(r[0] for r in runs)
+        loads = interleaved(ports, self.runs, lambda _name, port: hl.cold_load(port, token, waves))
+        for name, runs in loads.items():
             n, size = runs[0][1], runs[0][2]
             add("cold load", f"{mode}: {name}, s median of {self.runs} ({n} requests, {size / 1e6:.1f} MB)",
-                secs[name], "{:.3f}")
-        r = secs["hpcnb"] / secs["OpenSSH"]
+                statistics.median(r[0] for r in runs), "{:.3f}")
+        r = round_ratio([r[0] for r in loads["hpcnb"]], [r[0] for r in loads["OpenSSH"]])
         ratio(f"JupyterLab cold load {mode}: hpcnb / OpenSSH", r, "<= 1.1", r <= 1.1)
 
         tb.log(f"{mode}: JupyterLab cold load, 100 connections at once")
-        # Rounds interleaved (hpcnb, OpenSSH, hpcnb, ...) and the ratio is the median of each round's:
-        # this shared VM drifts by 20-30 % within a minute, which back-to-back blocks of runs would
-        # put into the ratio. The machine is CPU-bound during this load (Jupyter, the 100-thread
-        # client and the tunnel share 2 cores here), so what the tunnel spends per request shows up
-        # as wall time: the tunnel's CPU per load is printed beside it.
+        # The machine is CPU-bound during this load (Jupyter, the 100-thread client and the tunnel
+        # share 2 cores here), so what the tunnel spends per request shows up as wall time: the
+        # tunnel's CPU per load is printed beside it.
         rounds = 3 * self.runs
         for port in ports.values():
             hl.cold_load_parallel(port, token, waves, 100)  # warm
-        walls: dict[str, list[float]] = {name: [] for name in ports}
-        load_cpu: dict[str, float] = dict.fromkeys(ports, 0.0)
-        for _ in range(rounds):
-            for name, port in ports.items():
-                before = tb.cpu_seconds(pids[name])
-                took, n, size = hl.cold_load_parallel(port, token, waves, 100)
-                load_cpu[name] += tb.cpu_used(before, tb.cpu_seconds(pids[name])) / rounds
-                walls[name].append(took)
-        for name in ports:
+
+        def load(name: str, port: int) -> tuple[float, float, int, int]:
+            before = tb.cpu_seconds(pids[name])
+            took, n, size = hl.cold_load_parallel(port, token, waves, 100)
+            return took, tb.cpu_used(before, tb.cpu_seconds(pids[name])), n, size
+
+        loads100 = interleaved(ports, rounds, load)
+        for name, runs in loads100.items():
+            _, _, n, size = runs[0]
             add("cold load", f"{mode}: {name}, 100 parallel connections, s median of {rounds} "
-                f"({n} requests, {size / 1e6:.1f} MB)", statistics.median(walls[name]), "{:.3f}")
+                f"({n} requests, {size / 1e6:.1f} MB)", statistics.median(r[0] for r in runs), "{:.3f}")
             add("cold load", f"{mode}: {name} ({who[name]}), laptop CPU s per 100-connection load",
-                load_cpu[name], "{:.3f}")
-        r = statistics.median(a / b for a, b in zip(walls["hpcnb"], walls["OpenSSH"], strict=True))
+                statistics.fmean(r[1] for r in runs), "{:.3f}")
+        r = round_ratio([r[0] for r in loads100["hpcnb"]], [r[0] for r in loads100["OpenSSH"]])
         goal(f"JupyterLab cold load, 100 parallel connections {mode}: hpcnb / OpenSSH", r, "<= 1.1",
              r <= 1.1)
 
@@ -185,8 +201,12 @@ class Bench:
         try:
             med: dict[str, tuple[float, float]] = {}
             loaded: dict[str, float] = {}  # kernel p99 during the download / idle p99
+            # The API calls in 10 chunks per path, taken in turn: a drift between the paths is not
+            # their difference (see interleaved).
+            per_chunk = self.lat_n // 10
+            chunks = interleaved(ports, 10, lambda _name, port: hl.status_latency(port, token, per_chunk))
             for name, port in ports.items():
-                st = hl.status_latency(port, token, self.lat_n)
+                st = [ms for chunk in chunks[name] for ms in chunk]
                 kt = hl.kernel_latency(port, token, kernel, self.lat_n)
                 med[name] = (statistics.median(st), statistics.median(kt))
                 add("latency", f"{mode}: {name}, GET /api/status x{self.lat_n}, ms median / p99",

@@ -157,6 +157,8 @@ class Cluster:
 
     def submit(self, request: JobRequest | None = None, **values: Any) -> Session:
         """Submit a notebook job; the Session (its notebook is not up yet: wait_ready())."""
+        from hpcnb.session import Session
+
         request = request or self.request(**values)
         job_id = self.batch.submit(self.script(request))
         # A job id can come round again: an older job's handshake must not be read as this one's
@@ -165,8 +167,6 @@ class Cluster:
         self.remote.run(["rm", "-f", files.connection, files.ended])
         self._remember(job_id, name=request.name, partition=request.partition, state="pending",
                        node=None, time_left_s=request.walltime_seconds)
-        from hpcnb.session import Session
-
         return Session(self, job_id, fresh=True)
 
     def _remember(self, job_id: str, **fields: Any) -> None:
