@@ -101,7 +101,7 @@ class SSHTransport(paramiko.Transport):
             # every channel on it (paramiko#822). sshd closes first whenever the far end closes after
             # our EOF (a browser ending a kept-alive connection); paramiko rekeys every 512 MiB.
             # Loopback sshd, 64 x 4 MiB downloads + 16 such connections at a time, 5 GiB: 2 of 6
-            # runs reset everything (8 of 8 with a rekey every 16 MiB); with this queue 0 of 6 (0 of 8).
+            # runs reset everything (8 of 8 with a rekey every 16 MiB); with this queue 0 of 6 (0 of 10).
             # The message waits here instead, and _parse_newkeys sends it under the new keys.
             # Only this thread clears and sets clear_to_send during a rekey: the check is not racy.
             self._after_kex.append(data)
