@@ -2,7 +2,9 @@
 
 Each browser connection gets its own upstream (a paramiko Channel or a plain socket) from
 `open_upstream()` and two pump threads, one per direction (threads kept for the next connection,
-_Workers). Threads rather than a selector loop:
+_Workers); over SSH the reply direction's data is written by paramiko's own thread instead, and its
+pump only writes what the browser could not take at once (hpcnb.ssh.feed). Threads rather than a
+selector loop:
 measured with bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy
 +-40%), a single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s,
 up 440-530 vs 410-590) and only ~0.5 ms quicker to open a connection; while in a selector loop a
@@ -38,6 +40,9 @@ LOOPBACK = ("127.0.0.1", "localhost")
 UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (HpcnbError, OSError, EOFError)
 
 Notify = Callable[[str], None]
+# An opener's optional `deliver(upstream, client)`: starts writing the upstream's incoming data to
+# the client itself and returns a drain() that blocks until that direction's EOF, or returns None.
+Deliver = Callable[[object, socket.socket], Callable[[], None] | None]
 
 
 class Upstream(Protocol):
@@ -110,17 +115,29 @@ class _Pipe:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        WORKERS.run(self._pump, self.upstream, self.client)
-        self._pump(self.client, self.upstream)
+        WORKERS.run(self._downstream)
+        self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
 
-    def _pump(self, src: Upstream, dst: Upstream) -> None:
+    def _downstream(self) -> None:
+        # An opener's `deliver` (hpcnb.ssh.feed) may write the upstream's data to the browser from
+        # its own thread: then this thread only writes what the socket could not take at once.
+        deliver = self.tunnel.deliver
+        drain = deliver(self.upstream, self.client) if deliver is not None else None
+        self._direction(drain or (lambda: self._copy(self.upstream, self.client)), self.client)
+
+    @staticmethod
+    def _copy(src: Upstream, dst: Upstream) -> None:
         from_channel = not isinstance(src, socket.socket)
+        size = CHANNEL_READ if from_channel else SOCKET_READ
+        while data := src.recv(size):
+            dst.sendall(data)  # Channel.send may send less than asked: always sendall
+            if from_channel and len(data) >= STREAM_READ:
+                time.sleep(STREAM_PAUSE_S)
+
+    def _direction(self, copy: Callable[[], None], dst: Upstream) -> None:
+        """Run one direction's copy until its EOF, then pass the EOF on to dst."""
         try:
-            size = CHANNEL_READ if from_channel else SOCKET_READ
-            while data := src.recv(size):
-                dst.sendall(data)  # Channel.send may send less than asked: always sendall
-                if from_channel and len(data) >= STREAM_READ:
-                    time.sleep(STREAM_PAUSE_S)
+            copy()
             dst.shutdown(socket.SHUT_WR)  # half-close: pass the EOF on, keep the other way open
         except self.tunnel.errors:
             self.close()  # a reset on either side ends both directions
@@ -147,7 +164,8 @@ class Tunnel:
     """Listen on 127.0.0.1:port (0 = a free port) and pipe each connection to `open_upstream()`.
 
     An opener may say which exceptions mean "this upstream failed" in an `errors` attribute
-    (hpcnb.ssh's do: paramiko's own); the default is UPSTREAM_ERRORS.
+    (hpcnb.ssh's do: paramiko's own); the default is UPSTREAM_ERRORS. It may also have a
+    `deliver` (Deliver) for the upstream-to-browser direction.
     """
 
     def __init__(
@@ -167,6 +185,7 @@ class Tunnel:
             raise TunnelError(f"local port {port} is not a valid port number")
         self.open_upstream = open_upstream
         self.errors: tuple[type[BaseException], ...] = getattr(open_upstream, "errors", UPSTREAM_ERRORS)
+        self.deliver: Deliver | None = getattr(open_upstream, "deliver", None)
         self.host = "127.0.0.1"
         self.port = port
         self.notify = notify or _ignore

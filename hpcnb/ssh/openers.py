@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpcnb.errors import HpcnbError
+from hpcnb.ssh import feed
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.ssh.remote import SSHRemote
 from hpcnb.ssh.transport import TUNNEL_WINDOW_SIZE
@@ -40,6 +41,7 @@ class NotebookRoute:
     """Opens one channel to the notebook per browser connection, over a kept SSH connection."""
 
     errors = RETRYABLE
+    deliver = staticmethod(feed.deliver)  # the notebook's replies go to the browser from paramiko's thread
 
     def __init__(self, target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
                  accept_new_host_key: bool = False, notify: Notify | None = None,

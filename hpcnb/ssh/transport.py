@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import paramiko
-from paramiko.common import cMSG_CHANNEL_OPEN
+from paramiko.common import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
 from hpcnb.errors import HostKeyError, SSHError
 from hpcnb.net import no_delay
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
+from hpcnb.ssh.feed import SocketFeed
 from hpcnb.ssh.route import Hop
 
 # AES-GCM first: one pass for cipher + MAC, by far the cheapest per byte in paramiko (its default
@@ -65,7 +66,8 @@ class SSHTransport(paramiko.Transport):
     open_channel calls in the calling thread with the Message it built (present and unchanged from
     paramiko 2.x through 5.x). The same hook, `clear_to_send` and `_parse_newkeys` (reached through
     the per-instance handler table: so in 3.4.0, the oldest we allow, and 5.1.0) keep paramiko's own
-    thread from waiting on itself during a rekey (see _send_user_message).
+    thread from waiting on itself during a rekey (see _send_user_message). A channel's data can
+    also go straight to a socket from paramiko's thread (feed_channel, hpcnb.ssh.feed).
     """
 
     _pending = threading.local()
@@ -73,6 +75,30 @@ class SSHTransport(paramiko.Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._after_kex: list[Message] = []  # see _send_user_message
+        # A channel's data and EOF are handled under _feeds_lock, so that feed_channel can swap the
+        # channel's buffer between two packets: run() calls the handler table per instance.
+        self._feeds_lock = threading.Lock()
+        self._channel_handler_table = {
+            **type(self)._channel_handler_table,
+            MSG_CHANNEL_DATA: self._channel_data,
+            MSG_CHANNEL_EOF: self._channel_eof,
+        }
+
+    def feed_channel(self, chan: paramiko.Channel, feed: SocketFeed) -> None:
+        """From now on chan's data goes to feed.feed() in this transport's thread, not to its buffer."""
+        with self._feeds_lock:
+            old, chan.in_buffer = chan.in_buffer, feed
+            # A close sets chan.closed before it closes chan.in_buffer: if it closed the old one, the
+            # flag is already set here.
+            feed.start(old.empty(), eof=chan.eof_received or chan.closed)
+
+    def _channel_data(self, chan: paramiko.Channel, m: Message) -> None:
+        with self._feeds_lock:
+            chan._feed(m)
+
+    def _channel_eof(self, chan: paramiko.Channel, m: Message) -> None:
+        with self._feeds_lock:
+            chan._handle_eof(m)
 
     def open_streamlocal(self, path: str, timeout: float | None = None,
                          window_size: int | None = None) -> paramiko.Channel:

@@ -9,6 +9,7 @@ import http.server
 import random
 import socket
 import socketserver
+import struct
 import subprocess
 import threading
 import time
@@ -22,8 +23,8 @@ import pytest
 from sshd_fixture import Sshd, free_port, openssh_fingerprint
 
 from hpcnb.errors import HostKeyError, SSHError, TunnelError
-from hpcnb.ssh import SSHRemote
-from hpcnb.ssh.reconnect import ReconnectingUpstream
+from hpcnb.ssh import SSHRemote, feed
+from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.tunnel import Tunnel
 
 BLOB = random.Random(1).randbytes(64 * 1024 * 1024)
@@ -228,9 +229,28 @@ def test_open_unix_direct_streamlocal(sshd: Sshd, remote: SSHRemote) -> None:
 
 
 # --- Tunnel ----------------------------------------------------------------------------------
+class Opener:
+    """An opener as hpcnb.ssh.openers.NotebookRoute is one: paramiko's errors declared and, with
+    feed, the replies written to the browser by paramiko's thread (hpcnb.ssh.feed)."""
+
+    errors = RETRYABLE
+
+    def __init__(self, remote: SSHRemote, port: int, delivery: str) -> None:
+        self.remote, self.port = remote, port
+        self.deliver = feed.deliver if delivery == "feed" else None
+
+    def __call__(self) -> paramiko.Channel:
+        return self.remote.open_tcp("127.0.0.1", self.port)
+
+
+@pytest.fixture(params=["feed", "pumps"])
+def delivery(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @contextlib.contextmanager
-def tunnel_to(remote: SSHRemote, port: int) -> Iterator[Tunnel]:
-    tunnel = Tunnel(lambda: remote.open_tcp("127.0.0.1", port))
+def tunnel_to(remote: SSHRemote, port: int, delivery: str = "feed") -> Iterator[Tunnel]:
+    tunnel = Tunnel(Opener(remote, port, delivery))
     tunnel.serve_in_thread()
     try:
         yield tunnel
@@ -238,20 +258,65 @@ def tunnel_to(remote: SSHRemote, port: int) -> Iterator[Tunnel]:
         tunnel.stop()
 
 
-def test_tunnel_200_concurrent_requests(remote: SSHRemote, http_port: int) -> None:
-    with tunnel_to(remote, http_port) as tunnel, ThreadPoolExecutor(200) as pool:
+def test_tunnel_200_concurrent_requests(remote: SSHRemote, http_port: int, delivery: str) -> None:
+    with tunnel_to(remote, http_port, delivery) as tunnel, ThreadPoolExecutor(200) as pool:
         bodies = list(pool.map(lambda i: http_get(tunnel.port, f"/r{i}"), range(200)))
     assert bodies == [f"hello /r{i}".encode() for i in range(200)]
 
 
-def test_tunnel_64mib_download_byte_exact(remote: SSHRemote, http_port: int) -> None:
-    with tunnel_to(remote, http_port) as tunnel:
+def test_tunnel_64mib_download_byte_exact(remote: SSHRemote, http_port: int, delivery: str) -> None:
+    with tunnel_to(remote, http_port, delivery) as tunnel:
         body = http_get(tunnel.port, "/blob")
     assert hashlib.sha256(body).hexdigest() == BLOB_SHA
 
 
-def test_tunnel_half_close_upload_byte_exact(remote: SSHRemote, sha_port: int) -> None:
-    with tunnel_to(remote, sha_port) as tunnel:
+def _get_slowly(port: int) -> bytes:
+    """GET /blob with a small receive buffer, pausing before reading: the socket fills, so the
+    feed queues what it cannot send and the channel's window runs out (flow control)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)
+        chunks, got = [], 0
+        while data := sock.recv(1 << 20):
+            chunks.append(data)
+            got += len(data)
+            if got < 4 << 20:
+                time.sleep(0.001)  # a slow browser for the first MiBs, then full speed
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head[:80]
+    return body
+
+
+def test_tunnel_slow_browser_gets_every_byte_in_order(remote: SSHRemote, http_port: int,
+                                                       delivery: str) -> None:
+    with tunnel_to(remote, http_port, delivery) as tunnel, ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda _: _get_slowly(tunnel.port), range(4)))
+    assert {hashlib.sha256(body).hexdigest() for body in bodies} == {BLOB_SHA}
+    assert remote.transport.is_active()
+
+
+def test_tunnel_browser_reset_mid_download_closes_only_its_channel(remote: SSHRemote,
+                                                                   http_port: int) -> None:
+    with tunnel_to(remote, http_port) as tunnel:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", tunnel.port), timeout=30)
+            sock.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1 << 16)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # linger 0: a reset, as when a tab is closed mid-download
+        deadline = time.monotonic() + 10
+        while tunnel.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tunnel.connections == 0
+        assert http_get(tunnel.port, "/after") == b"hello /after"
+    assert remote.transport.is_active()
+
+
+def test_tunnel_half_close_upload_byte_exact(remote: SSHRemote, sha_port: int, delivery: str) -> None:
+    with tunnel_to(remote, sha_port, delivery) as tunnel:
         sock = socket.create_connection(("127.0.0.1", tunnel.port))
         sock.sendall(BLOB)
         sock.shutdown(socket.SHUT_WR)  # the server only answers after our EOF arrives
