@@ -11,10 +11,13 @@ them and decides what their failures mean:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from hpcnb.errors import CommandError, HpcnbError, JobNotFound, SchedulerUnavailable, last_line
-from hpcnb.remote import CommandResult, Remote
 from hpcnb.schedulers import JobState, JobStatus, Scheduler
+
+if TYPE_CHECKING:  # hpcnb.remote brings logging and subprocess, which `hpcnb list` never uses
+    from hpcnb.remote import CommandResult, Remote
 
 Notify = Callable[[str], None]
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from hpcnb.batch import BatchSystem
 from hpcnb.config import ClusterConfig, load_cluster
 from hpcnb.errors import JobEnded, JobNotFound, logs_hint
-from hpcnb.remote import LocalRemote, Remote
 from hpcnb.schedulers import JobStatus, get_scheduler
 from hpcnb.store import ENDED, SessionRecord, Store
 
 if TYPE_CHECKING:  # imported where used: `hpcnb list` needs none of them (issue 15: list in 150 ms)
     from hpcnb.handshake import JobFiles
+    from hpcnb.remote import Remote
     from hpcnb.request import JobRequest
     from hpcnb.session import Session
 
@@ -89,6 +89,8 @@ class Cluster:
     def connect(self) -> Remote:
         """A new connection to the login host: the tunnel calls this again after a drop."""
         if self.is_local:
+            from hpcnb.remote import LocalRemote  # with logging and subprocess: not for `list`
+
             return LocalRemote()
         if self.openssh:
             from hpcnb.openssh.remote import OpenSSHRemote

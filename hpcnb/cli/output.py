@@ -106,7 +106,7 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 # A whole column at once (its cells joined by newlines: one regex call, not one per cell): every
-# cell a number or empty. table() checks first that no cell holds a newline itself.
+# cell a number or empty. _numeric() checks first that no cell holds a newline itself.
 _NUMBERS_RE = re.compile(rf"(?:{_NUMBER})?(?:\n(?:{_NUMBER})?)*")
 
 
@@ -121,36 +121,55 @@ def _cell_width(text: str) -> int:
                for c in text)
 
 
+def _texts(column: Sequence[Any]) -> list[str]:
+    """A column's cells as stripped text, None as empty (map: the loop runs in C)."""
+    if None in column:
+        column = ["" if v is None else v for v in column]
+    return list(map(str.strip, map(str, column)))
+
+
+def _numeric(joined: str, column: Sequence[str]) -> bool:
+    """Whether tabulate right-aligns the column (`joined`: its cells joined by newlines): every
+    cell a number or empty, one at least not empty."""
+    if not joined.strip() or joined.count("\n") != len(column) - 1:  # no text, or a cell with a newline
+        return False
+    # Whole numbers (job ids) first, one C call a cell: the regex over 10,000 of them took ~5 ms, as
+    # its repeat keeps a backtracking point per cell.
+    return all(map(str.isdecimal, column)) or _NUMBERS_RE.fullmatch(joined) is not None
+
+
+def _padded(column: Sequence[str], width: int, right: bool) -> list[str]:
+    """A column's cells padded to `width` terminal columns (not characters), right- or
+    left-aligned."""
+    if right:
+        return [" " * (width - _cell_width(v)) + v for v in column]
+    return [v + " " * (width - _cell_width(v)) for v in column]
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     """A plain text table as tabulate's "simple" format prints it (tests/unit/test_cli_output.py
     holds them side by side): two spaces between columns, each as wide as its widest cell and
     its header + 2, numbers right-aligned, text left-aligned, a dashed rule under the headers.
     Its own code because tabulate's type detection and width tables took 400 ms for `hpcnb
-    list --all` over 10,000 sessions (issue 15 wants the whole command under 150 ms): here each
-    column is looked at with a few calls into C (join, isascii, one regex), not per cell."""
-    cells = [["" if v is None else str(v).strip() for v in row] for row in rows]
+    list --all` over 10,000 sessions (issue 15 wants the whole command under 150 ms): here the
+    work goes column by column, in calls into C (map, join, isascii, one regex per column) rather
+    than a Python loop per cell."""
     heads = [str(h) for h in headers]
-    columns = list(zip(*cells, strict=True)) if cells else [() for _ in heads]
+    columns = [_texts(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in heads]
     joined = ["\n".join(col) for col in columns]
     ascii_only = all(text.isascii() for text in joined) and all(h.isascii() for h in heads)
     width = len if ascii_only else _cell_width
-    right = [bool(text.strip()) and text.count("\n") == len(col) - 1
-             and _NUMBERS_RE.fullmatch(text) is not None for text, col in zip(joined, columns, strict=True)]
+    right = [_numeric(text, col) for text, col in zip(joined, columns, strict=True)]
     widths = [max([width(head) + 2, *map(width, col)]) for head, col in zip(heads, columns, strict=True)]
-    if ascii_only:  # one format string: characters are columns here
+    if ascii_only:  # characters are columns: one format string fills every line
         template = "  ".join(f"{{:{'>' if r else '<'}{w}}}" for r, w in zip(right, widths, strict=True))
-
-        def line(values: Sequence[str]) -> str:
-            return template.format(*values).rstrip()
+        lines = [template.format(*heads), *(map(template.format, *columns) if columns else ())]
     else:
-        def line(values: Sequence[str]) -> str:
-            parts = [(" " * (w - width(v)) + v) if r else (v + " " * (w - width(v)))
-                     for v, w, r in zip(values, widths, right, strict=True)]
-            return "  ".join(parts).rstrip()
-
-    out = [line(heads), "  ".join("-" * w for w in widths)]
-    out += [line(row) for row in cells]
-    return "\n".join(out)
+        padded = [_padded([head, *col], w, r)
+                  for head, col, w, r in zip(heads, columns, widths, right, strict=True)]
+        lines = list(map("  ".join, zip(*padded, strict=True)))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(map(str.rstrip, lines))
 
 
 def duration(seconds: int | None) -> str:

@@ -7,7 +7,6 @@ Only click at import time; each command imports the API when it runs.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,8 @@ def sigterm_is_interrupt() -> None:
 
     Guarded: a signal the platform lacks is skipped, and signal.signal() only works in the main
     thread (ValueError elsewhere, e.g. when hpcnb is driven from another program's thread)."""
+    import signal  # here: its enums cost `hpcnb list`, which never waits, ~1 ms of start (issue 15)
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
