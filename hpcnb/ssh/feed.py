@@ -19,6 +19,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
@@ -27,10 +28,32 @@ from paramiko.message import Message
 MSG_DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
 
 
+class ChannelSink(Protocol):
+    """What takes a channel's place as its `in_buffer` (SSHTransport.feed_channel): feed() for
+    each data packet, in the transport's thread; close() at EOF or when the channel closes."""
+
+    def start(self, pending: bytes, eof: bool) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def read_ready(self) -> bool: ...  # paramiko's Channel.recv_ready and __repr__ ask these two
+    def __len__(self) -> int: ...
+
+
+def credit_window(chan: paramiko.Channel, n: int) -> None:
+    """What Channel.recv does after a read (paramiko channel.py): count n bytes against the
+    channel's window and send WINDOW_ADJUST once a tenth of it has been used."""
+    ack = chan._check_add_window(n)
+    if ack > 0:
+        m = Message()
+        m.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+        m.add_int(chan.remote_chanid)
+        m.add_int(ack)
+        chan.transport._send_user_message(m)
+
+
 class SocketFeed:
-    """Stands in for a Channel's `in_buffer` (paramiko's BufferedPipe): `feed()` is called by the
-    transport's thread for each data packet, `close()` at EOF or when the channel closes, and
-    `drain()` runs in the tunnel's pump thread until the browser has everything."""
+    """A ChannelSink that writes to a socket; `drain()` runs in the tunnel's pump thread until the
+    browser has everything."""
 
     def __init__(self, chan: paramiko.Channel, sock: socket.socket) -> None:
         self._chan = chan
@@ -63,7 +86,7 @@ class SocketFeed:
                 self._backlog.append(data[sent:])
                 self._wake.notify()
         if sent:
-            self._credit(sent)
+            credit_window(self._chan, sent)
 
     def start(self, pending: bytes, eof: bool) -> None:
         """What the channel had buffered before this feed took over, and whether its EOF came."""
@@ -99,20 +122,8 @@ class SocketFeed:
                 with self._lock:
                     self._error = exc
                 raise
-            self._credit(len(data))
+            credit_window(self._chan, len(data))
 
-    def _credit(self, n: int) -> None:
-        # What Channel.recv does after a read (paramiko channel.py): count the bytes against the
-        # window and send WINDOW_ADJUST once a tenth of it has been used.
-        ack = self._chan._check_add_window(n)
-        if ack > 0:
-            m = Message()
-            m.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
-            m.add_int(self._chan.remote_chanid)
-            m.add_int(ack)
-            self._chan.transport._send_user_message(m)
-
-    # What else paramiko may ask of an in_buffer: Channel.recv_ready and __repr__.
     def read_ready(self) -> bool:
         return False
 
@@ -122,15 +133,13 @@ class SocketFeed:
 
 def deliver(upstream: object, sock: socket.socket) -> Callable[[], None] | None:
     """Send upstream's incoming data to sock from now on; the returned drain() runs until EOF.
-    None when upstream is not a channel of an hpcnb SSHTransport, or on a platform without
-    MSG_DONTWAIT: then the caller reads the upstream itself."""
-    from hpcnb.ssh.transport import SSHTransport  # transport.py imports this module
-
+    None when upstream is not a channel of an hpcnb SSHTransport (which has feed_channel), or on
+    a platform without MSG_DONTWAIT: then the caller reads the upstream itself."""
     if MSG_DONTWAIT is None or not isinstance(upstream, paramiko.Channel):
         return None
-    transport = upstream.get_transport()
-    if not isinstance(transport, SSHTransport):
+    feed_channel = getattr(upstream.get_transport(), "feed_channel", None)
+    if feed_channel is None:
         return None
     feed = SocketFeed(upstream, sock)
-    transport.feed_channel(upstream, feed)
+    feed_channel(upstream, feed)
     return feed.drain

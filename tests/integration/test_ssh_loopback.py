@@ -298,6 +298,26 @@ def test_tunnel_slow_browser_gets_every_byte_in_order(remote: SSHRemote, http_po
     assert remote.transport.is_active()
 
 
+def test_tunnel_through_a_nested_hop(sshd: Sshd, remote: SSHRemote, http_port: int, sha_port: int) -> None:
+    """node-ssh's path: a second SSH connection inside a channel of the first (ChannelSocket)."""
+    hop = remote.jump("127.0.0.2", sshd.port, name="127.0.0.1")
+    with tunnel_to(hop, http_port) as down, tunnel_to(hop, sha_port) as up, ThreadPoolExecutor(8) as pool:
+        blob = pool.submit(http_get, down.port, "/blob")
+        small = list(pool.map(lambda i: http_get(down.port, f"/r{i}"), range(100)))
+        assert hashlib.sha256(blob.result()).hexdigest() == BLOB_SHA
+        assert small == [f"hello /r{i}".encode() for i in range(100)]
+        with socket.create_connection(("127.0.0.1", up.port), timeout=30) as sock:
+            sock.sendall(BLOB)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(4096).decode() == f"{len(BLOB)} {BLOB_SHA}"
+    assert hop.is_alive()
+    remote.close()
+    deadline = time.monotonic() + 5
+    while hop.is_alive() and time.monotonic() < deadline:  # the outer channel's close reaches it
+        time.sleep(0.05)
+    assert not hop.is_alive()
+
+
 def test_tunnel_browser_reset_mid_download_closes_only_its_channel(remote: SSHRemote,
                                                                    http_port: int) -> None:
     with tunnel_to(remote, http_port) as tunnel:
