@@ -2,9 +2,9 @@
 
 Each browser connection gets its own upstream (a paramiko Channel or a plain socket) from
 `open_upstream()` and two pump threads, one per direction (threads kept for the next connection,
-_Workers); over SSH the reply direction's data is written by paramiko's own thread instead, and its
-pump only writes what the browser could not take at once (hpcnb.ssh.feed). Threads rather than a
-selector loop:
+_Workers); over SSH the reply direction has no pump: paramiko's own thread writes its data, and a
+worker writes only what the browser could not take at once, and the end (hpcnb.ssh.feed). Threads rather
+than a selector loop:
 measured with bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy
 +-40%), a single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s,
 up 440-530 vs 410-590) and only ~0.5 ms quicker to open a connection; while in a selector loop a
@@ -40,9 +40,15 @@ LOOPBACK = ("127.0.0.1", "localhost")
 UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (HpcnbError, OSError, EOFError)
 
 Notify = Callable[[str], None]
-# An opener's optional `deliver(upstream, client)`: starts writing the upstream's incoming data to
-# the client itself and returns a drain() that blocks until that direction's EOF, or returns None.
-Deliver = Callable[[object, socket.socket], Callable[[], None] | None]
+# An opener's optional `deliver(upstream, client, done, spawn)`: True when it has taken over writing
+# the upstream's incoming data to the client; it then calls done(error) once at the end, and
+# spawn(fn) to run fn in a worker thread when it must block.
+Deliver = Callable[
+    [object, socket.socket, Callable[[OSError | None], None], Callable[..., None]], bool]
+
+
+def _nothing() -> None:
+    return None
 
 
 class Upstream(Protocol):
@@ -115,15 +121,19 @@ class _Pipe:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        WORKERS.run(self._downstream)
+        # An opener's `deliver` (hpcnb.ssh.feed) may write the upstream's data to the browser from
+        # its own thread; it calls _delivered at the end. Otherwise a pump thread copies it.
+        deliver = self.tunnel.deliver
+        if deliver is None or not deliver(self.upstream, self.client, self._delivered, WORKERS.run):
+            WORKERS.run(self._direction, lambda: self._copy(self.upstream, self.client), self.client)
         self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
 
-    def _downstream(self) -> None:
-        # An opener's `deliver` (hpcnb.ssh.feed) may write the upstream's data to the browser from
-        # its own thread: then this thread only writes what the socket could not take at once.
-        deliver = self.tunnel.deliver
-        drain = deliver(self.upstream, self.client) if deliver is not None else None
-        self._direction(drain or (lambda: self._copy(self.upstream, self.client)), self.client)
+    def _delivered(self, error: OSError | None) -> None:
+        """The end of a delivered direction: EOF with every byte written, or the browser's error."""
+        if error is not None:
+            self.close()
+            return
+        self._direction(_nothing, self.client)  # pass the EOF on, as a pump would
 
     @staticmethod
     def _copy(src: Upstream, dst: Upstream) -> None:

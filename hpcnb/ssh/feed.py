@@ -5,8 +5,8 @@ blocked in Channel.recv, which then writes the bytes to the browser. That hand-o
 packet (Condition.notify, a thread switch, the GIL changing hands), was the largest single cost
 of the tunnel's process on a JupyterLab load over 100 connections: a quarter of its samples
 (py-spy --gil, node-ssh mode on the testbed). SocketFeed takes the buffer's place: the transport's
-thread sends with MSG_DONTWAIT, and only what the socket cannot take at once (a slow browser) is
-left for the tunnel's pump thread to write blocking, in order.
+thread sends with MSG_DONTWAIT; only what the socket cannot take at once (a slow browser) is left
+to a writer thread, started then, in order. No thread waits on a reply's direction meanwhile.
 
 The channel's window is credited once the bytes are in the socket, as Channel.recv credits once
 they are read: a slow browser still slows the sender. Where MSG_DONTWAIT is missing (Windows) the
@@ -51,78 +51,105 @@ def credit_window(chan: paramiko.Channel, n: int) -> None:
         chan.transport._send_user_message(m)
 
 
-class SocketFeed:
-    """A ChannelSink that writes to a socket; `drain()` runs in the tunnel's pump thread until the
-    browser has everything."""
+Done = Callable[[OSError | None], None]
+Spawn = Callable[..., None]  # spawn(fn, *args): fn(*args) in a worker thread
 
-    def __init__(self, chan: paramiko.Channel, sock: socket.socket) -> None:
+
+class SocketFeed:
+    """A ChannelSink that writes to a socket. No thread waits on it: paramiko's thread sends what
+    the socket takes at once, and a writer is started (`spawn`) only for what it could not take.
+    `done(error)` runs once, in a worker thread: after EOF, when the socket has every byte (error
+    None), or when the socket failed (a browser that went away). Never in paramiko's thread: it
+    calls close() holding the channel's lock, and done closes the channel."""
+
+    def __init__(self, chan: paramiko.Channel, sock: socket.socket, done: Done, spawn: Spawn) -> None:
         self._chan = chan
         self._sock = sock
+        self._done = done
+        self._spawn = spawn
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
         self._backlog: deque[bytes] = deque()
-        self._draining = False  # drain() is writing bytes taken from the backlog: keep the order
+        self._writing = False  # a writer owns the backlog: later data queues behind it, in order
         self._eof = False
-        self._error: OSError | None = None
+        self._finished = False
 
     def feed(self, data: bytes) -> None:
-        sent = 0
+        sent, failed, spawn = 0, None, False
         with self._lock:
-            if self._error is not None or self._eof:
+            if self._finished or self._eof:
                 return  # the browser's side failed, or the tunnel closed the channel: nobody to tell
-            if self._backlog or self._draining:
+            if self._writing:
                 self._backlog.append(data)
-                self._wake.notify()
                 return
             try:
                 sent = self._sock.send(data, MSG_DONTWAIT or 0)
             except BlockingIOError:
                 sent = 0
-            except OSError as exc:  # reset by the browser: drain() raises it, the tunnel closes both
-                self._error = exc
-                self._wake.notify()
-                return
-            if sent < len(data):
+            except OSError as exc:
+                failed = exc
+            if failed is None and sent < len(data):
                 self._backlog.append(data[sent:])
-                self._wake.notify()
+                self._writing = spawn = True
+        if failed is not None:
+            self._finish(failed, self._spawn)
+            return
+        if spawn:
+            self._spawn(self._write)
         if sent:
             credit_window(self._chan, sent)
 
     def start(self, pending: bytes, eof: bool) -> None:
         """What the channel had buffered before this feed took over, and whether its EOF came."""
         with self._lock:
+            self._eof = eof
             if pending:
                 self._backlog.append(pending)
-            self._eof = self._eof or eof
-            self._wake.notify()
+                self._writing = True
+        if pending:
+            self._spawn(self._write)
+        elif eof:
+            self._finish(None, self._spawn)
 
     def close(self) -> None:
+        """EOF, or the channel closed: done once the socket has every byte."""
         with self._lock:
+            if self._eof:
+                return
             self._eof = True
-            self._wake.notify()
+            if self._writing:
+                return  # the writer finishes
+        self._finish(None, self._spawn)
 
-    def drain(self) -> None:
-        """Write what the socket could not take at once, until EOF; raises the socket's error."""
+    def _write(self) -> None:
+        """Write the backlog, blocking, until it is empty (a spawned thread)."""
         while True:
             with self._lock:
                 if not self._backlog:
-                    self._draining = False
-                while not self._backlog and not self._eof and self._error is None:
-                    self._wake.wait()
-                if self._error is not None:
-                    raise self._error
-                if not self._backlog:
-                    return  # EOF, and the browser has every byte
+                    self._writing = False
+                    eof = self._eof
+                    break
                 data = b"".join(self._backlog)
                 self._backlog.clear()
-                self._draining = True
             try:
                 self._sock.sendall(data)
             except OSError as exc:
-                with self._lock:
-                    self._error = exc
-                raise
+                self._finish(exc, _call)
+                return
             credit_window(self._chan, len(data))
+        if eof:
+            self._finish(None, _call)
+
+    def _finish(self, error: OSError | None, run: Spawn) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        run(self._done, error)
+
+
+def _call(fn: Callable[..., None], *args: object) -> None:
+    """Run fn here: the writer is a worker thread already."""
+    fn(*args)
 
     def read_ready(self) -> bool:
         return False
@@ -131,15 +158,14 @@ class SocketFeed:
         return 0
 
 
-def deliver(upstream: object, sock: socket.socket) -> Callable[[], None] | None:
-    """Send upstream's incoming data to sock from now on; the returned drain() runs until EOF.
-    None when upstream is not a channel of an hpcnb SSHTransport (which has feed_channel), or on
-    a platform without MSG_DONTWAIT: then the caller reads the upstream itself."""
+def deliver(upstream: object, sock: socket.socket, done: Done, spawn: Spawn) -> bool:
+    """Send upstream's incoming data to sock from now on (SocketFeed: done, spawn). False when
+    upstream is not a channel of an hpcnb SSHTransport (which has feed_channel), or on a platform
+    without MSG_DONTWAIT: then the caller reads the upstream itself."""
     if MSG_DONTWAIT is None or not isinstance(upstream, paramiko.Channel):
-        return None
+        return False
     feed_channel = getattr(upstream.get_transport(), "feed_channel", None)
     if feed_channel is None:
-        return None
-    feed = SocketFeed(upstream, sock)
-    feed_channel(upstream, feed)
-    return feed.drain
+        return False
+    feed_channel(upstream, SocketFeed(upstream, sock, done, spawn))
+    return True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -45,49 +45,86 @@ def _read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_small_data_is_sent_at_once_and_credited(pair: tuple[socket.socket, socket.socket]) -> None:
+class _Ends:
+    """The tunnel's side: done(error) recorded, spawn(fn, *args) on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.errors: list[OSError | None] = []
+        self.finished = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def done(self, error: OSError | None) -> None:
+        self.errors.append(error)
+        self.finished.set()
+
+    def spawn(self, fn: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=fn, args=args)
+        self.threads.append(thread)
+        thread.start()
+
+
+def _feed(sock: socket.socket, chan: _Credits | None = None) -> tuple[SocketFeed, _Ends]:
+    ends = _Ends()
+    return SocketFeed(chan or _Credits(), sock, ends.done, ends.spawn), ends  # type: ignore[arg-type]
+
+
+def test_small_data_is_sent_at_once_credited_and_needs_no_thread(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     browser, far = pair
     chan = _Credits()
-    feed = SocketFeed(chan, browser)  # type: ignore[arg-type]
+    feed, ends = _feed(browser, chan)
     feed.feed(b"hello")
     assert far.recv(10) == b"hello"
     assert chan.total == 5
+    assert ends.threads == []
+    feed.close()  # EOF: done, once, in a worker
+    assert ends.finished.wait(5)
+    feed.close()
+    assert ends.errors == [None]
 
 
-def test_what_the_socket_cannot_take_is_drained_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_what_the_socket_cannot_take_is_written_in_order_by_one_writer(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     browser, far = pair
     chan = _Credits()
-    feed = SocketFeed(chan, browser)  # type: ignore[arg-type]
+    feed, ends = _feed(browser, chan)
     blob = random.Random(2).randbytes(4 << 20)
+    for i in range(0, len(blob), 32 * 1024):  # as paramiko's thread feeds packets, nobody reading
+        feed.feed(blob[i : i + 32 * 1024])
+    feed.close()
+    assert len(ends.threads) == 1  # the writer, started when the socket first refused more
+    assert not ends.finished.is_set()  # done waits for the writer
+    assert _read_all_after(far, ends, browser) == blob
+    assert ends.errors == [None]
+    assert chan.total == len(blob)
+
+
+def _read_all_after(far: socket.socket, ends: _Ends, browser: socket.socket) -> bytes:
     received: list[bytes] = []
     reader = threading.Thread(target=lambda: received.append(_read_all(far)))
-    drainer = threading.Thread(target=feed.drain)
-    drainer.start()
-    for i in range(0, len(blob), 32 * 1024):  # as paramiko's thread feeds packets
-        feed.feed(blob[i : i + 32 * 1024])
     reader.start()
-    feed.close()
-    drainer.join(10)
+    assert ends.finished.wait(10)
     browser.shutdown(socket.SHUT_WR)
     reader.join(10)
-    assert received == [blob]
-    assert chan.total == len(blob)
+    return received[0]
 
 
 def test_buffered_data_and_an_early_eof_are_passed_on(pair: tuple[socket.socket, socket.socket]) -> None:
     browser, far = pair
-    feed = SocketFeed(_Credits(), browser)  # type: ignore[arg-type]
+    feed, ends = _feed(browser)
     feed.start(b"before the feed took over", eof=True)
-    feed.drain()  # returns: EOF, and everything written
-    browser.shutdown(socket.SHUT_WR)
-    assert _read_all(far) == b"before the feed took over"
+    assert _read_all_after(far, ends, browser) == b"before the feed took over"
+    assert ends.errors == [None]
 
 
-def test_a_browser_that_went_away_is_raised_by_drain(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_a_browser_that_went_away_is_reported_once(pair: tuple[socket.socket, socket.socket]) -> None:
     browser, far = pair
     far.close()
-    feed = SocketFeed(_Credits(), browser)  # type: ignore[arg-type]
+    feed, ends = _feed(browser)
     feed.feed(b"x" * 65536)
     feed.feed(b"more")  # dropped: nobody to tell
-    with pytest.raises(OSError):
-        feed.drain()
+    feed.close()
+    assert ends.finished.wait(5)
+    for thread in ends.threads:
+        thread.join(5)
+    assert len(ends.errors) == 1 and isinstance(ends.errors[0], OSError)
