@@ -56,12 +56,15 @@ def goal(metric: str, value: float, target: str, met: bool) -> None:
 
 
 def interleaved(ports: dict[str, int], rounds: int, measure: Callable[[str, int], T]) -> dict[str, list[T]]:
-    """measure(name, port) for each path in turn, `rounds` times (hpcnb, OpenSSH, hpcnb, ...): this
-    shared VM drifts by 20-30 % within a minute, which back-to-back blocks of runs would put into
-    a ratio between the paths."""
+    """measure(name, port) for each path in turn, `rounds` times, the order reversed every other
+    round (hpcnb, OpenSSH, OpenSSH, hpcnb, ...): this shared VM drifts by 20-30 % within a minute,
+    which back-to-back blocks of runs would put into a ratio between the paths; and whichever path
+    went first in a round measured 0.05-0.1 higher against OpenSSH (two trees that load a page the
+    same way, 100-connection loads, 15 rounds, then swapped), which a fixed order would put there too."""
     out: dict[str, list[T]] = {name: [] for name in ports}
-    for _ in range(rounds):
-        for name, port in ports.items():
+    order = list(ports.items())
+    for n in range(rounds):
+        for name, port in (order if n % 2 == 0 else order[::-1]):
             out[name].append(measure(name, port))
     return out
 
