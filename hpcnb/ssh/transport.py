@@ -135,6 +135,13 @@ class SSHTransport(paramiko.Transport):
                 data.add_string(path)
                 data.add_string("")
                 data.add_int(0)
+        if self.clear_to_send.is_set():
+            # No key exchange under way: send as paramiko would (transport.py _send_user_message),
+            # without its Event.wait first, a Condition in Python per packet sent.
+            with self.clear_to_send_lock:
+                if self.clear_to_send.is_set() and self.active:
+                    self._send_message(data)
+                    return
         if threading.current_thread() is self and not self.clear_to_send.is_set():
             # paramiko's own thread sends through here too: the answer to sshd's CHANNEL_CLOSE
             # (Channel._handle_close), a keepalive. During a key exchange that waits for
