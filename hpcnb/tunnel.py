@@ -44,7 +44,7 @@ Notify = Callable[[str], None]
 # the upstream's incoming data to the client; it then calls done(error) once at the end, and
 # spawn(fn) to run fn in a worker thread when it must block.
 Deliver = Callable[
-    [object, socket.socket, Callable[[OSError | None], None], Callable[..., None]], bool]
+    [object, socket.socket, Callable[[BaseException | None], None], Callable[..., None]], bool]
 
 
 def _nothing() -> None:
@@ -128,7 +128,7 @@ class _Pipe:
             WORKERS.run(self._direction, lambda: self._copy(self.upstream, self.client), self.client)
         self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
 
-    def _delivered(self, error: OSError | None) -> None:
+    def _delivered(self, error: BaseException | None) -> None:
         """The end of a delivered direction: EOF with every byte written, or the browser's error."""
         if error is not None:
             self.close()

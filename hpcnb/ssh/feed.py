@@ -62,7 +62,10 @@ def credit_window(chan: paramiko.Channel, n: int) -> None:
 # they come: pacing them cost the 100-connection load 0.16 -> 0.19 s of CPU (node-ssh).
 PACE_AFTER = 8 * 1024 * 1024
 
-Done = Callable[[OSError | None], None]
+Done = Callable[[BaseException | None], None]
+# What writing to the browser or crediting the window over a dying SSH connection raises: paramiko
+# turns a failed send into EOFError, a key exchange that timed out into SSHException.
+SEND_ERRORS = (OSError, EOFError, paramiko.SSHException)
 Spawn = Callable[..., None]  # spawn(fn, *args): fn(*args) in a worker thread
 
 
@@ -109,7 +112,10 @@ class SocketFeed:
         if start_writer:
             self._spawn(self._write)
         if sent:
-            credit_window(self._chan, sent)
+            try:
+                credit_window(self._chan, sent)
+            except SEND_ERRORS as exc:  # the SSH connection died: its channels are closed next
+                self._finish(exc, self._spawn)
 
     def start(self, pending: bytes, eof: bool) -> None:
         """What the channel had buffered before this feed took over, and whether its EOF came."""
@@ -145,16 +151,19 @@ class SocketFeed:
                 self._backlog.clear()
             try:
                 self._sock.sendall(data)
-            except OSError as exc:
+                credit_window(self._chan, len(data))
+            except SEND_ERRORS as exc:  # the browser went away, or the SSH connection did
                 self._finish(exc, _call)
                 return
-            credit_window(self._chan, len(data))
+            except BaseException as exc:  # a bug: raised (a traceback), but the browser is told
+                self._finish(exc, _call)
+                raise
             if len(data) >= STREAM_READ and self._received >= PACE_AFTER:
                 time.sleep(STREAM_PAUSE_S)
         if eof:
             self._finish(None, _call)
 
-    def _finish(self, error: OSError | None, run: Spawn) -> None:
+    def _finish(self, error: BaseException | None, run: Spawn) -> None:
         with self._lock:
             if self._finished:
                 return
@@ -162,15 +171,17 @@ class SocketFeed:
         run(self._done, error)
 
 
-def _call(fn: Callable[..., None], *args: object) -> None:
-    """Run fn here: the writer is a worker thread already."""
-    fn(*args)
-
+    # What else paramiko asks of an in_buffer: Channel.recv_ready and Channel.__repr__.
     def read_ready(self) -> bool:
         return False
 
     def __len__(self) -> int:
         return 0
+
+
+def _call(fn: Callable[..., None], *args: object) -> None:
+    """Run fn here: the writer is a worker thread already."""
+    fn(*args)
 
 
 def deliver(upstream: object, sock: socket.socket, done: Done, spawn: Spawn) -> bool:

@@ -102,10 +102,10 @@ class SSHTransport(paramiko.Transport):
 
     def feed_channel(self, chan: paramiko.Channel, sink: ChannelSink) -> None:
         """From now on chan's data goes to sink.feed() in this transport's thread, not to its buffer."""
-        with self._feeds_lock:
+        # Under chan.lock too: a close (Channel.close, _handle_close, _unlink: each holds it) must
+        # reach the sink after start(), never between the swap and start().
+        with self._feeds_lock, chan.lock:
             old, chan.in_buffer = chan.in_buffer, sink
-            # A close sets chan.closed before it closes chan.in_buffer: if it closed the old one, the
-            # flag is already set here.
             sink.start(old.empty(), eof=chan.eof_received or chan.closed)
 
     def _channel_data(self, chan: paramiko.Channel, m: Message) -> None:

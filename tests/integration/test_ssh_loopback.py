@@ -318,6 +318,27 @@ def test_tunnel_through_a_nested_hop(sshd: Sshd, remote: SSHRemote, http_port: i
     assert not hop.is_alive()
 
 
+def test_a_nested_hop_lost_mid_download_ends_the_browsers_connection(sshd: Sshd, http_port: int) -> None:
+    """The login's channel to the node closes while a download streams through the hop: the
+    browser's connection must end (EOF or a reset), never hang."""
+    for round_ in range(4):
+        remote = login(sshd)
+        hop = remote.jump("127.0.0.2", sshd.port, name="127.0.0.1")
+        try:
+            with tunnel_to(hop, http_port) as tunnel, \
+                    socket.create_connection(("127.0.0.1", tunnel.port), timeout=20) as sock:
+                sock.sendall(b"GET /blob HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = 0
+                while got < (9 << 20) + round_ * (512 << 10):  # past the feed's pacing threshold
+                    got += len(sock.recv(1 << 16))
+                hop.transport.sock.chan.close()  # the outer channel (ChannelSocket's)
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(1 << 16):  # socket.timeout here: the connection hung
+                        pass
+        finally:
+            remote.close()
+
+
 def test_tunnel_browser_reset_mid_download_closes_only_its_channel(remote: SSHRemote,
                                                                    http_port: int) -> None:
     with tunnel_to(remote, http_port) as tunnel:

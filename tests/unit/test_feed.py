@@ -49,11 +49,11 @@ class _Ends:
     """The tunnel's side: done(error) recorded, spawn(fn, *args) on a thread of its own."""
 
     def __init__(self) -> None:
-        self.errors: list[OSError | None] = []
+        self.errors: list[BaseException | None] = []
         self.finished = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def done(self, error: OSError | None) -> None:
+    def done(self, error: BaseException | None) -> None:
         self.errors.append(error)
         self.finished.set()
 
@@ -128,3 +128,30 @@ def test_a_browser_that_went_away_is_reported_once(pair: tuple[socket.socket, so
     for thread in ends.threads:
         thread.join(5)
     assert len(ends.errors) == 1 and isinstance(ends.errors[0], OSError)
+
+
+class _DeadConnection(_Credits):
+    """A channel whose SSH connection died: crediting its window fails as paramiko's send does."""
+
+    def _check_add_window(self, n: int) -> int:
+        raise EOFError
+
+
+def test_a_connection_that_died_under_the_writer_is_reported_once(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    browser, far = pair
+    feed, ends = _feed(browser, _DeadConnection())
+    for _ in range(64):  # more than the socket takes: the writer gets the rest
+        feed.feed(b"y" * 32 * 1024)
+    reader = threading.Thread(target=lambda: _read_all(far))
+    reader.start()
+    assert ends.finished.wait(10)  # not left hanging for a close() that counts on the writer
+    feed.close()
+    browser.shutdown(socket.SHUT_WR)
+    reader.join(10)
+    assert len(ends.errors) == 1 and isinstance(ends.errors[0], EOFError)
+
+
+def test_it_answers_what_paramiko_asks_of_a_buffer(pair: tuple[socket.socket, socket.socket]) -> None:
+    feed, _ = _feed(pair[0])
+    assert len(feed) == 0 and not feed.read_ready()  # Channel.__repr__, Channel.recv_ready
