@@ -11,7 +11,7 @@ import socket
 # paramiko's Channel.recv(n) returns what is buffered, up to n, without allocating n. A partial
 # read deletes from the front of its buffer (BufferedPipe: `del array[:n]`, O(buffered)), which
 # with a 16 MiB window made downloads 2-4x slower; asking for more than any window always takes
-# the whole buffer. Used by the tunnel's pumps and by hpcnb.ssh.channelsock.
+# the whole buffer. Used by the tunnel's pumps and hpcnb.pump.
 CHANNEL_READ = 64 * 1024 * 1024
 
 

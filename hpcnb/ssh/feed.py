@@ -171,7 +171,6 @@ class SocketFeed:
             self._finished = True
         run(self._done, error)
 
-
     # What else paramiko asks of an in_buffer: Channel.recv_ready and Channel.__repr__.
     def read_ready(self) -> bool:
         return False
