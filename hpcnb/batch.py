@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from hpcnb.errors import CommandError, HpcnbError, JobNotFound, SchedulerUnavailable, last_line
+from hpcnb.errors import (
+    CommandError,
+    ConnectionLost,
+    HpcnbError,
+    JobNotFound,
+    SchedulerUnavailable,
+    last_line,
+)
 from hpcnb.schedulers import JobState, JobStatus, Scheduler
 
 if TYPE_CHECKING:  # hpcnb.remote brings logging and subprocess, which `hpcnb list` never uses
@@ -69,7 +76,7 @@ class BatchSystem:
             return {}
         remote = remote or self._remote()
         sched = self.scheduler
-        result = remote.run(sched.status_argv(ids, self.user))
+        result = self._query(remote, sched.status_argv(ids, self.user))
         if sched.controller_unavailable(result.stderr, result.exit_status):
             self.notify(f"the {sched.name} controller does not answer; will keep trying")
             return {i: unknown(i, result.stderr) for i in ids}
@@ -87,10 +94,21 @@ class BatchSystem:
             statuses.update(self._history(remote, history, ids, missing))
         return statuses
 
+    def _query(self, remote: Remote, argv: list[str]) -> CommandResult:
+        """A query (it changes nothing on the cluster), asked once more when the connection dropped
+        under it: through a keeper or OpenSSH's master the second try is on a new login, so one
+        dropped connection does not fail `hpcnb list` (or the waiting of a submit)."""
+        try:
+            return remote.run(argv)
+        except ConnectionLost:
+            self.notify(f"the connection to {self.cluster}'s login host dropped during `{argv[0]}`; "
+                        "asking again")
+            return remote.run(argv)
+
     def _history(self, remote: Remote, argv: list[str], ids: list[str], missing: list[str]
                  ) -> dict[str, JobStatus]:
         sched = self.scheduler
-        past = remote.run(argv)
+        past = self._query(remote, argv)
         if sched.controller_unavailable(past.stderr, past.exit_status):
             return {i: unknown(i, past.stderr) for i in missing}
         if sched.history_unsupported(past.stderr, past.exit_status):

@@ -58,6 +58,11 @@ class CommandNotStarted(SSHError):
     safe to run it again on a new connection (a submit included)."""
 
 
+class ConnectionLost(SSHError):
+    """The connection dropped while a command ran: it may or may not have run, so only a command
+    that changes nothing (a queue query) is run again on a new connection."""
+
+
 class AuthenticationFailed(SSHError):
     """The host answered but refused our login (key, passphrase or one-time code).
 

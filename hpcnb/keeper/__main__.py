@@ -23,6 +23,11 @@ from hpcnb.keeper.server import Keeper, Spec, listen
 def main() -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s keeper: %(message)s")
+    # Why a login connection died (a socket error, an exception in paramiko's thread) is in
+    # paramiko's own log only: the keeper runs for hours with nobody to ask, so its log keeps it.
+    paramiko_log = logging.getLogger("paramiko")
+    paramiko_log.setLevel(logging.WARNING)
+    paramiko_log.propagate = True
     try:
         data = json.loads(sys.stdin.read())
         spec, folder = Spec(**data["spec"]), Path(data["folder"])

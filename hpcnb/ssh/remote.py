@@ -7,6 +7,7 @@ a command that needs the login host twice (a node-ssh tunnel) logs in, and promp
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import paramiko
 
-from hpcnb.errors import CommandError, CommandNotStarted, SSHError
+from hpcnb.errors import CommandError, CommandNotStarted, ConnectionLost, SSHError
 from hpcnb.remote import CommandResult, logged, shell_command
 from hpcnb.ssh import auth, hostkeys, route
 from hpcnb.ssh.links import Link, open_route
@@ -205,26 +206,12 @@ class SSHRemote:
     @logged
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
         """Run argv (each word shell-quoted for the remote login shell). Never raises for a
-        non-zero exit; SSHError if the connection fails, CommandError on timeout."""
+        non-zero exit; SSHError if the connection fails (CommandNotStarted before the command
+        could start, ConnectionLost after: it may have run), CommandError on timeout."""
         argv = list(argv)
         command = shell_command(argv)
         deadline = time.monotonic() + timeout
-        try:
-            chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
-        except CONNECTION_ERRORS as exc:
-            if not isinstance(exc, paramiko.ChannelException) and self.transport.is_active():
-                # Unanswered (a refusal, e.g. MaxSessions, is a ChannelException): the login node
-                # is gone though no RST said so yet. Closed, so the next use logs in again.
-                self.transport.close()
-            raise CommandNotStarted(
-                f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
-        try:
-            chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window
-            chan.shutdown_write()
-        except CONNECTION_ERRORS as exc:
-            raise SSHError(f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        chan = self._start_command(command, stdin, timeout)
         stderr_parts: list[bytes] = []
 
         def drain_stderr() -> None:
@@ -255,13 +242,38 @@ class SSHRemote:
         status = chan.exit_status
         chan.close()
         if status == -1 and not self.transport.is_active():
-            raise SSHError(f"connection to {self.host} lost while running `{command}`")
+            why = self.transport.saved_exception  # what ended paramiko's thread, if anything did
+            raise ConnectionLost(f"connection to {self.host} lost while running `{command}`"
+                                 + (f" ({type(why).__name__}: {why})" if why is not None else ""))
         return CommandResult(
             argv=argv,
             exit_status=status,
             stdout=b"".join(stdout_parts).decode("utf-8", "replace"),
             stderr=b"".join(stderr_parts).decode("utf-8", "replace"),
         )
+
+    def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
+        """A session channel running `command`, its stdin written and closed."""
+        try:
+            chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
+        except CONNECTION_ERRORS as exc:
+            if not isinstance(exc, paramiko.ChannelException) and self.transport.is_active():
+                # Unanswered (a refusal, e.g. MaxSessions, is a ChannelException): the login node
+                # is gone though no RST said so yet. Closed, so the next use logs in again.
+                self.transport.close()
+            raise CommandNotStarted(
+                f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window
+            chan.shutdown_write()
+        except CONNECTION_ERRORS as exc:  # the exec request may have reached sshd: may have run
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                chan.close()
+            why = exc or type(exc).__name__
+            raise ConnectionLost(f"cannot run `{command}` on {self.host}: {why}") from exc
+        return chan
 
     def _sftp_client(self) -> paramiko.SFTPClient:
         with self._lock:

@@ -22,7 +22,7 @@ import paramiko
 import pytest
 from sshd_fixture import Sshd, free_port, openssh_fingerprint
 
-from hpcnb.errors import HostKeyError, SSHError, TunnelError
+from hpcnb.errors import ConnectionLost, HostKeyError, SSHError, TunnelError
 from hpcnb.ssh import SSHRemote, feed
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.tunnel import Tunnel
@@ -113,6 +113,19 @@ def test_run_exit_status_stdout_stderr_and_quoting(remote: SSHRemote) -> None:
     words = ["a b", "it's", "$HOME", "`id`", "*", ""]
     assert remote.run(["printf", "%s|", *words]).stdout == "|".join(words) + "|"
     assert remote.run(["cat"], stdin="line 1\nline 2\n").stdout == "line 1\nline 2\n"
+
+
+def test_a_connection_lost_under_a_running_command_is_connection_lost(sshd: Sshd) -> None:
+    # What hpcnb.batch runs again for a query (and never for a submit): the command may have run.
+    remote = login(sshd)
+    killer = threading.Timer(1.0, sshd.kill_connections)
+    killer.start()
+    try:
+        with pytest.raises(ConnectionLost, match="lost while running `sleep 30`"):
+            remote.run(["sleep", "30"], timeout=20)
+    finally:
+        killer.cancel()
+        remote.close()
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux's TCP_USER_TIMEOUT")
