@@ -292,6 +292,18 @@ def keeper_pids(folder: Path) -> list[int]:
     return pids
 
 
+def keeper_logs(folder: Path | None = None, lines: int = 40) -> str:
+    """The last lines of each keeper's log in `folder` (this run's, by default): for a failing
+    test's message, which says then why a kept login died."""
+    folder = folder or keepers_folder()
+    parts = []
+    for log in sorted(folder.rglob("*.log")):
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def stop_keepers(folder: Path, timeout: float = 10.0) -> list[int]:
     """End every keeper (hpcnb.keeper) whose endpoint is in `folder`, and every OpenSSH master
     hpcnb started there (hpcnb.openssh); the keepers' pids it signalled."""

@@ -11,6 +11,7 @@ from hpcnb_driver import (
     Background,
     Hpcnb,
     derived_config,
+    keeper_logs,
     keeper_pids,
     keepers_folder,
     walltime_warning_then_end,
@@ -136,9 +137,9 @@ def test_eight_processes_submitting_and_listing_at_once(hpcnb):
     job_ids = []
     try:
         for lister in lists:
-            assert lister.finish(120) == 0, lister.stderr()
+            assert lister.finish(120) == 0, lister.stderr() + keeper_logs()
         for submit in submits:
-            assert submit.finish(300) == 0, submit.stderr()
+            assert submit.finish(300) == 0, submit.stderr() + keeper_logs()
             job_ids.append("".join(submit.out).strip().splitlines()[-1])
         rows = {r["job_id"]: r for r in hpcnb.list_json("testbed", "--all")}
         assert set(job_ids) <= rows.keys()
