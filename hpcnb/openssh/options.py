@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError
+from hpcnb.errors import AuthenticationFailed, ConnectionLost, HostKeyError, SSHError
 
 CONNECT_TIMEOUT_S = 10
 DEFAULT_SERVER_ALIVE_S = 30  # hpcnb.ssh.route.DEFAULT_KEEPALIVE_S: both backends give up alike
+# What ssh(1) prints when the connection ends under a command (OpenSSH packet.c sshpkt_fatal,
+# clientloop.c; "Broken pipe" from a ControlMaster's client, mux.c): the command may have run.
+LOST_MARKS = ("closed by remote host", "Connection closed by", "Connection reset by", "Broken pipe")
 VERSION_RE = re.compile(r"OpenSSH_for_Windows_[\w.]+|OpenSSH_[\w.]+")
 
 
@@ -129,4 +132,6 @@ def classify(stderr: str, target: str, command: Sequence[str] = ()) -> SSHError:
     if any("Permission denied" in ln or "Too many authentication failures" in ln for ln in lines):
         return AuthenticationFailed(f"authentication failed for {target}: {last}")
     what = f" running `{' '.join(command)}`" if command else ""
+    if command and any(mark in ln for ln in lines for mark in LOST_MARKS):
+        return ConnectionLost(f"ssh to {target} failed{what}: {last}")
     return SSHError(f"ssh to {target} failed{what}: {last}")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError
+from hpcnb.errors import AuthenticationFailed, ConnectionLost, HostKeyError, SSHError
 from hpcnb.openssh import options as o
 from hpcnb.openssh.remote import OpenSSHRemote
 
@@ -92,6 +92,18 @@ def test_errors_classified_from_ssh_stderr():
     assert isinstance(denied, AuthenticationFailed) and "Permission denied" in str(denied)
     other = o.classify("ssh: connect to host h port 22: Connection refused\n", "h", ["squeue"])
     assert type(other) is SSHError and "Connection refused" in str(other) and "squeue" in str(other)
+
+
+@pytest.mark.parametrize("stderr", [
+    "Connection to h closed by remote host.\n",
+    "client_loop: send disconnect: Broken pipe\n",
+    "Read from remote host h: Connection reset by peer\nConnection reset by 10.0.0.1 port 22\n",
+    "mux_client_read_packet: read header failed: Broken pipe\n",
+])
+def test_a_connection_that_ended_under_a_command_is_connection_lost(stderr):
+    # hpcnb.batch asks a query again on ConnectionLost (a new login through the master)
+    assert isinstance(o.classify(stderr, "h", ["squeue"]), ConnectionLost)
+    assert type(o.classify(stderr, "h")) is SSHError  # no command: nothing that may have run
 
 
 def test_windows_has_no_master(monkeypatch):
