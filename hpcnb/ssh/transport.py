@@ -23,6 +23,7 @@ from hpcnb.net import no_delay
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.feed import ChannelSink
+from hpcnb.ssh.packets import PACKETIZER
 from hpcnb.ssh.route import Hop
 
 # AES-GCM first: one pass for cipher + MAC, by far the cheapest per byte in paramiko (its default
@@ -77,6 +78,7 @@ class SSHTransport(paramiko.Transport):
     _pending = threading.local()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("packetizer_class", PACKETIZER)  # AES-GCM's short path (hpcnb.ssh.packets)
         super().__init__(*args, **kwargs)
         self._after_kex: list[Message] = []  # see _send_user_message
         # A channel's data and EOF are handled under _feeds_lock, so that feed_channel can swap the
