@@ -1,14 +1,16 @@
 """The local end of the tunnel: a listener on 127.0.0.1 whose connections are piped to upstreams.
 
 Each browser connection gets its own upstream (a paramiko Channel or a plain socket) from
-`open_upstream()` and two pump threads, one per direction (threads kept for the next connection,
-_Workers); over SSH the reply direction has no pump: paramiko's own thread writes its data, and a
-worker writes only what the browser could not take at once, and the end (hpcnb.ssh.feed). Threads rather
-than a selector loop:
-measured with bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy
-+-40%), a single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s,
-up 440-530 vs 410-590) and only ~0.5 ms quicker to open a connection; while in a selector loop a
-Channel.sendall waiting for SSH window space (or a slow browser) stalls every other connection.
+`open_upstream()`. What the browser sends is read by the tunnel's one reader thread
+(hpcnb.browser_reader: a selector over every connection) and sent upstream at once when that
+cannot wait, by a worker otherwise. The replies: over SSH paramiko's own thread writes them to the
+browser and a worker writes only what the browser could not take at once, and the end
+(hpcnb.ssh.feed); from a plain socket, a pump thread per connection (threads kept for the next
+connection, _Workers). Why not a selector for the replies too: measured with
+bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy +-40%), a
+single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s, up 440-530
+vs 410-590), while a Channel.sendall waiting for SSH window space (or a slow browser) in a
+selector loop stalls every other connection; the reader hands such a wait to a worker.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from hpcnb.browser_reader import MSG_DONTWAIT, SOCKET_READ, BrowserReader
 from hpcnb.errors import HpcnbError, TunnelError
 from hpcnb.net import CHANNEL_READ
 
-SOCKET_READ = 256 * 1024  # per socket.recv(): CPython allocates this much for every call
 # After a channel read of at least a full SSH packet (a download is streaming), pause this long
 # before the next read so several packets are handed over per wake-up instead of one: fewer GIL
 # hand-offs between paramiko's transport thread and the pump. Small reads (API calls, kernel
@@ -119,14 +121,40 @@ class _Pipe:
         self.client, self.upstream, self.tunnel = client, upstream, tunnel
         self._open_directions = 2
         self._lock = threading.Lock()
+        self._reader_owns = False  # the reader has the browser socket: it closes it (close())
+        self._closed = False
 
     def start(self) -> None:
+        # The browser's requests: the tunnel's reader thread (hpcnb.browser_reader), which owns the
+        # browser socket from here on (a close() meanwhile leaves it to the reader), or this one.
+        reader = self.tunnel._reader()
+        if reader is not None:
+            with self._lock:
+                self._reader_owns = True
         # An opener's `deliver` (hpcnb.ssh.feed) may write the upstream's data to the browser from
         # its own thread; it calls _delivered at the end. Otherwise a pump thread copies it.
         deliver = self.tunnel.deliver
         if deliver is None or not deliver(self.upstream, self.client, self._delivered, WORKERS.run):
             WORKERS.run(self._direction, lambda: self._copy(self.upstream, self.client), self.client)
-        self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
+        if reader is None:
+            self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
+        else:
+            reader.add(self)
+
+    # What the reader (hpcnb.browser_reader.Reading) calls.
+    def read_released(self) -> bool:
+        with self._lock:
+            self._reader_owns = False
+            return self._closed
+
+    def request_sent(self, eof: bool) -> None:
+        if eof:
+            self._direction(_nothing, self.upstream)  # pass the EOF on, as a pump would
+        else:
+            self.close()
+
+    def send_upstream(self, data: bytes) -> None:
+        self.upstream.sendall(data)
 
     def _delivered(self, error: BaseException | None) -> None:
         """The end of a delivered direction: EOF with every byte written, or the browser's error."""
@@ -162,11 +190,15 @@ class _Pipe:
             self.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            reader_owns = self._reader_owns
         for end in (self.client, self.upstream):
             with contextlib.suppress(*self.tunnel.errors):
                 end.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in the other thread
+        for end in (self.upstream,) if reader_owns else (self.client, self.upstream):
             with contextlib.suppress(*self.tunnel.errors):
-                end.close()
+                end.close()  # a socket the reader still watches is closed by the reader, woken above
         self.tunnel._forget(self)
 
 
@@ -204,6 +236,19 @@ class Tunnel:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
+        self._browser_reader: BrowserReader | None = None
+
+    def _reader(self) -> BrowserReader | None:
+        """The thread that reads the browsers' connections (started with the first one), or None
+        on a platform without MSG_DONTWAIT: then each connection's own thread reads it."""
+        if MSG_DONTWAIT is None:
+            return None
+        with self._lock:
+            if self._stopped.is_set():
+                return None  # the connection's own thread meets its closed socket and ends
+            if self._browser_reader is None:
+                self._browser_reader = BrowserReader(self.errors, WORKERS.run)
+            return self._browser_reader
 
     def start(self) -> int:
         """Bind and listen; returns the port (the chosen one when port was 0)."""
@@ -301,8 +346,11 @@ class Tunnel:
             self._listener.close()
         with self._lock:
             pipes = list(self._pipes)
+            reader, self._browser_reader = self._browser_reader, None
         for pipe in pipes:
             pipe.close()
+        if reader is not None:
+            reader.stop()
 
     def __enter__(self) -> Tunnel:
         self.start()
