@@ -6,50 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from upstreams import Echo, SlowShaAfterEof, serve
 
 from hpcnb.browser_reader import send_now
 from hpcnb.tunnel import Tunnel
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-class _SlowSha(socketserver.BaseRequestHandler):
-    """Reads nothing for a second (its socket fills up), then hashes everything until EOF."""
-
-    def handle(self) -> None:
-        time.sleep(1.0)
-        digest = hashlib.sha256()
-        while data := self.request.recv(65536):
-            digest.update(data)
-        self.request.sendall(digest.hexdigest().encode())
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-
 @pytest.fixture
 def ports() -> Iterator[dict[str, int]]:
-    servers = {name: _Server(("127.0.0.1", 0), handler) for name, handler in
-               (("echo", _Echo), ("slow", _SlowSha))}
-    for server in servers.values():
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {name: server.server_address[1] for name, server in servers.items()}
-    for server in servers.values():
-        server.shutdown()
-        server.server_close()
+    echo, slow = serve(Echo), serve(SlowShaAfterEof)
+    yield {"echo": next(echo), "slow": next(slow)}
+    for server in (echo, slow):
+        next(server, None)  # past its yield: the server is shut down
 
 
 @pytest.fixture

@@ -5,55 +5,27 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from upstreams import Echo, ShaAfterEof, serve
 
 from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError, TunnelError
 from hpcnb.ssh.reconnect import ReconnectingUpstream
 from hpcnb.tunnel import Tunnel
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-class _ShaAfterEof(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        digest = hashlib.sha256()
-        while data := self.request.recv(65536):
-            digest.update(data)
-        self.request.sendall(digest.hexdigest().encode())
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-
-def _serve(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
-    server = _Server(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    yield from _serve(_Echo)
+    yield from serve(Echo)
 
 
 @pytest.fixture
 def sha_port() -> Iterator[int]:
-    yield from _serve(_ShaAfterEof)
+    yield from serve(ShaAfterEof)
 
 
 def _tunnel(upstream_port: int, port: int = 0) -> Tunnel:
