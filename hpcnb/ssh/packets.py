@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-import time
 from typing import Any
 
 from paramiko.message import Message
@@ -125,13 +123,12 @@ class GcmPacketizer(Packetizer):
         parts = [self._buf[self._pos:]]
         got = len(parts[0])
         sock = self._Packetizer__socket
-        direct = _nonblocking(sock)
         while got < need:
-            size = max(need - got, READ_SIZE)
             try:
-                chunk = _read_now(sock, size) if direct else None
-                if chunk is None:
-                    chunk = sock.recv(size)  # wait, within paramiko's timeout
+                # Through the socket object, never os.read on its number: a transport closed by
+                # another thread, and that number given to the next connection's socket, would
+                # have this thread read the next connection's bytes (1 handshake in 100 failed).
+                chunk = sock.recv(max(need - got, READ_SIZE))
             except TimeoutError:
                 self._waited(got == 0)
                 continue
@@ -199,38 +196,6 @@ class GcmPacketizer(Packetizer):
             self._pool, start = os.urandom(RANDOM_POOL), 0
         self._pool_pos = start + n
         return self._pool[start:start + n]
-
-    def write_all(self, out: bytes) -> None:
-        sock = self._Packetizer__socket
-        if _nonblocking(sock):
-            self._Packetizer__keepalive_last = time.time()  # as paramiko's write_all
-            try:
-                sent = os.write(sock.fileno(), out)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:  # paramiko's write_all: a failed send (a broken pipe) is the end
-                raise EOFError() from exc
-            if sent == len(out):
-                return
-            out = out[sent:]
-        super().write_all(out)  # what the socket could not take at once: wait, as paramiko does
-
-
-def _nonblocking(sock: object) -> bool:
-    """A socket.socket with a timeout (paramiko gives its socket 0.1 s): CPython then keeps its
-    file descriptor non-blocking and calls poll() before every recv and send, and each poll and
-    each recv is a release and retake of the GIL, which the tunnel's other threads wait for (the
-    GIL's handoffs were 77 % of the tunnel process's futex calls, perf, 100-connection load).
-    os.read and os.write on the descriptor try once, without the poll."""
-    return isinstance(sock, socket.socket) and bool(sock.gettimeout())
-
-
-def _read_now(sock: socket.socket, size: int) -> bytes | None:
-    """What the socket holds now, up to size bytes; None if nothing (then wait with recv)."""
-    try:
-        return os.read(sock.fileno(), size)
-    except BlockingIOError:
-        return None
 
 
 def fits() -> bool:
