@@ -187,7 +187,6 @@ class GcmPacketizer(Packetizer):
                 self._Packetizer__received_packets_overflow = 0
                 self._trigger_rekey()
 
-
     def _random(self, n: int) -> bytes:
         """n random bytes for a packet's padding (under the write lock): from a pool filled by one
         os.urandom call for a few hundred packets, not a getrandom system call per packet."""
