@@ -104,9 +104,7 @@ class BrowserReader:
                         self._read(key.data)
                     except Exception as exc:  # noqa: BLE001 - a bug: a worker raises it again (its
                         # traceback is shown), its connection is closed, every other one still read
-                        with contextlib.suppress(KeyError, ValueError):
-                            self._sel.unregister(key.fileobj)
-                        self._let_go(key.data, eof=False)
+                        self._stop_reading(key.data, eof=False)
                         self._spawn(_raise, exc)
         finally:
             self._close_all()
@@ -132,18 +130,21 @@ class BrowserReader:
         except OSError:
             data = None
         if not data:  # EOF (b"") or a reset (None)
-            self._sel.unregister(pipe.client)
-            self._let_go(pipe, eof=data is not None)
+            self._stop_reading(pipe, eof=data is not None)
             return
         try:
             sent = send_now(pipe.upstream, data)
         except self.errors:
-            self._sel.unregister(pipe.client)
-            self._let_go(pipe, eof=False)
+            self._stop_reading(pipe, eof=False)
             return
         if sent < len(data):  # the upstream would wait: a worker waits, this thread goes on
             self._sel.unregister(pipe.client)
             self._spawn(self._send_then_read, pipe, data[sent:])
+
+    def _stop_reading(self, pipe: Reading, eof: bool) -> None:
+        with contextlib.suppress(KeyError, ValueError):  # not registered (a bug's path)
+            self._sel.unregister(pipe.client)
+        self._let_go(pipe, eof)
 
     def _send_then_read(self, pipe: Reading, data: bytes) -> None:
         try:

@@ -73,11 +73,11 @@ def test_a_burst_of_small_packets_comes_in_few_reads(pair: tuple[socket.socket, 
     for i in range(50):
         w.send_message(_message(i, 100))
     reads: list[int] = []
-    real_recv = r._fill
+    real_fill = r._fill
 
     def counting(need: int) -> None:
         reads.append(need)
-        real_recv(need)
+        real_fill(need)
 
     r._fill = counting  # type: ignore[method-assign]
     assert [r.read_message()[1].get_int() for _ in range(50)] == list(range(50))
