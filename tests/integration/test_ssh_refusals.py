@@ -1,0 +1,38 @@
+"""Channel opens refused many at once on one live login (a real sshd on loopback).
+
+paramiko hands a refusal to the waiting thread through one transport-wide slot; under concurrent
+refusals a thread found it empty and read "Unable to open channel.", which hpcnb took for a dead
+login (hpcnb.ssh.transport, SSHTransport.open_channel).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sshd_fixture import Sshd, free_port
+
+from hpcnb.errors import SSHError
+from hpcnb.ssh import SSHRemote
+
+
+def test_each_of_many_refusals_at_once_is_its_own_and_the_login_lives(sshd: Sshd) -> None:
+    remote = SSHRemote.connect("127.0.0.1", sshd.port, sshd.user, str(sshd.client_key),
+                               [str(sshd.known_hosts())], allow_agent=False)
+    closed = free_port()  # nothing listens: sshd refuses each direct-tcpip open at once
+
+    def refused(_: int) -> str:
+        with pytest.raises(SSHError) as err:
+            remote.open_tcp("127.0.0.1", closed)
+        return str(err.value)
+
+    try:
+        for _ in range(5):
+            with ThreadPoolExecutor(32) as pool:
+                said = list(pool.map(refused, range(64)))
+            assert all("could not open a connection" in s and "Connect failed" in s for s in said), \
+                sorted(set(said))
+            assert remote.is_alive()
+        assert remote.run(["true"]).exit_status == 0
+    finally:
+        remote.close()
