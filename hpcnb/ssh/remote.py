@@ -269,6 +269,10 @@ class SSHRemote:
                 chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window
             chan.shutdown_write()
         except CONNECTION_ERRORS as exc:  # the exec request may have reached sshd: may have run
+            if chan.closed and self.transport.is_active() and chan.status_event.is_set():
+                # It ran and ended before reading all of its stdin (sshd closed the channel): its
+                # output and exit status are the answer, not a lost connection.
+                return chan
             with contextlib.suppress(*CONNECTION_ERRORS):
                 chan.close()
             why = exc or type(exc).__name__

@@ -25,6 +25,7 @@ from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.feed import ChannelSink
 from hpcnb.ssh.packets import PACKETIZER
 from hpcnb.ssh.route import Hop
+from hpcnb.ssh.safe_channels import ThreadSafeChannels
 
 # AES-GCM first: one pass for cipher + MAC, by far the cheapest per byte in paramiko (its default
 # list puts GCM last). CTR+HMAC as fallback for servers without GCM.
@@ -60,7 +61,7 @@ def _done() -> None:
     return None
 
 
-class SSHTransport(paramiko.Transport):
+class SSHTransport(ThreadSafeChannels, paramiko.Transport):
     """paramiko.Transport that can also open OpenSSH `direct-streamlocal@openssh.com` channels.
 
     paramiko has no helper for this channel type (paramiko#544). OpenSSH PROTOCOL section 2.4
@@ -81,7 +82,6 @@ class SSHTransport(paramiko.Transport):
         kwargs.setdefault("packetizer_class", PACKETIZER)  # AES-GCM's short path (hpcnb.ssh.packets)
         super().__init__(*args, **kwargs)
         self._after_kex: list[Message] = []  # see _send_user_message
-        self._refusals: dict[int | None, paramiko.ChannelException] = {}  # see open_channel
         # A channel's data and EOF are handled under _feeds_lock, so that feed_channel can swap the
         # channel's buffer between two packets: run() calls the handler table per instance.
         self._feeds_lock = threading.Lock()
@@ -118,37 +118,6 @@ class SSHTransport(paramiko.Transport):
     def _channel_eof(self, chan: paramiko.Channel, m: Message) -> None:
         with self._feeds_lock:
             chan._handle_eof(m)
-
-    # --- a refused channel open, told to the thread that asked ----------------------------
-    # paramiko keeps a refusal (CHANNEL_OPEN_FAILURE) in one transport-wide slot, saved_exception,
-    # which the waiting thread reads and clears (Transport.open_channel, get_exception). Two refusals
-    # at once (MaxSessions, 10 by default, under a keeper running many commands) and one thread
-    # takes the other's, the other finds the slot empty: SSHException("Unable to open channel."),
-    # which reads as a dead connection, and hpcnb would close a live login under every command on
-    # it. So each refusal is also kept by channel id, and open_channel raises the asker's own.
-    def open_channel(self, *args: Any, **kwargs: Any) -> paramiko.Channel:
-        self._pending.chanid = None
-        try:
-            return super().open_channel(*args, **kwargs)
-        except paramiko.SSHException:
-            refusal = self._refusals.pop(self._pending.chanid, None)
-            if refusal is not None:
-                raise refusal from None
-            raise
-        finally:
-            self._refusals.pop(self._pending.chanid, None)  # when paramiko's slot had the right one
-
-    def _next_channel(self) -> int:
-        chanid = super()._next_channel()  # in open_channel, in the asking thread, under self.lock
-        self._pending.chanid = chanid
-        return chanid
-
-    def _parse_channel_open_failure(self, m: Message) -> None:
-        chanid, reason = m.get_int(), m.get_int()
-        m.rewind()
-        self._refusals[chanid] = paramiko.ChannelException(
-            reason, paramiko.common.CONNECTION_FAILED_CODE.get(reason, "(unknown code)"))
-        super()._parse_channel_open_failure(m)
 
     def open_streamlocal(self, path: str, timeout: float | None = None,
                          window_size: int | None = None) -> paramiko.Channel:

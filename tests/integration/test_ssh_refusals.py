@@ -1,4 +1,4 @@
-"""Channel opens refused many at once on one live login (a real sshd on loopback).
+"""Many threads on one login (a real sshd on loopback): refused opens, commands ending at once.
 
 paramiko hands a refusal to the waiting thread through one transport-wide slot; under concurrent
 refusals a thread found it empty and read "Unable to open channel.", which hpcnb took for a dead
@@ -34,5 +34,25 @@ def test_each_of_many_refusals_at_once_is_its_own_and_the_login_lives(sshd: Sshd
                 sorted(set(said))
             assert remote.is_alive()
         assert remote.run(["true"]).exit_status == 0
+    finally:
+        remote.close()
+
+
+def test_many_threads_running_short_commands_on_one_login(sshd: Sshd) -> None:
+    """Commands that end before reading their stdin: sshd closes each channel while another
+    thread may still send on it (its stdin, its EOF). Before hpcnb.ssh.safe_channels the login
+    died within seconds ("ieof packet referred to nonexistent channel", sshd's log)."""
+    remote = SSHRemote.connect("127.0.0.1", sshd.port, sshd.user, str(sshd.client_key),
+                               [str(sshd.known_hosts())], allow_agent=False)
+
+    def run(i: int) -> tuple[int, str]:
+        result = remote.run(["echo", f"n{i}"], stdin="unread\n" * (i % 3) * 50)
+        return result.exit_status, result.stdout
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(run, range(800)))
+        assert results == [(0, f"n{i}\n") for i in range(800)]
+        assert remote.is_alive()
     finally:
         remote.close()
