@@ -21,6 +21,7 @@ from hpcnb.errors import CommandError, CommandNotStarted, ConnectionLost, SSHErr
 from hpcnb.remote import CommandResult, logged, shell_command
 from hpcnb.ssh import auth, hostkeys, route
 from hpcnb.ssh.links import Link, open_route
+from hpcnb.ssh.sessions import SessionSlots
 from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTransport, open_tcp, open_transport
 
 # paramiko errors that mean the connection (not our request) failed.
@@ -71,6 +72,7 @@ class SSHRemote:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._login = login
+        self._sessions = SessionSlots()  # the commands' session channels (MaxSessions)
 
     def __repr__(self) -> str:
         return f"SSHRemote({self.user}@{self.host}:{self.port})"
@@ -212,6 +214,14 @@ class SSHRemote:
         command = shell_command(argv)
         deadline = time.monotonic() + timeout
         chan = self._start_command(command, stdin, timeout)
+        try:
+            return self._answer(chan, argv, command, deadline, timeout)
+        finally:
+            self._sessions.closed()
+
+    def _answer(self, chan: paramiko.Channel, argv: list[str], command: str, deadline: float,
+                timeout: float) -> CommandResult:
+        """A started command's output and exit status (its channel closed after)."""
         stderr_parts: list[bytes] = []
 
         def drain_stderr() -> None:
@@ -254,15 +264,25 @@ class SSHRemote:
 
     def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
         """A session channel running `command`, its stdin written and closed."""
-        try:
-            chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
-        except CONNECTION_ERRORS as exc:
-            if not isinstance(exc, paramiko.ChannelException) and self.transport.is_active():
-                # Unanswered (a refusal, e.g. MaxSessions, is a ChannelException): the login node
-                # is gone though no RST said so yet. Closed, so the next use logs in again.
-                self.transport.close()
-            raise CommandNotStarted(
-                f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self._sessions.opening()
+            try:
+                chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
+                break
+            except paramiko.ChannelException as exc:  # refused: MaxSessions, or none allowed
+                if self._sessions.refused(ended, deadline):
+                    continue  # one of our commands has freed a session (hpcnb.ssh.sessions)
+                raise CommandNotStarted(f"cannot run `{command}` on {self.host}: the server refused "
+                                        f"a session channel ({exc.text})") from exc
+            except CONNECTION_ERRORS as exc:
+                self._sessions.closed()
+                if self.transport.is_active():
+                    # Unanswered: the login node is gone though no RST said so yet. Closed, so
+                    # the next use logs in again.
+                    self.transport.close()
+                raise CommandNotStarted(
+                    f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
         try:
             chan.exec_command(command)
             if stdin:
@@ -275,6 +295,7 @@ class SSHRemote:
                 return chan
             with contextlib.suppress(*CONNECTION_ERRORS):
                 chan.close()
+            self._sessions.closed()
             why = exc or type(exc).__name__
             raise ConnectionLost(f"cannot run `{command}` on {self.host}: {why}") from exc
         return chan

@@ -22,6 +22,7 @@ import pytest
 
 SSHD = "/usr/sbin/sshd"
 USER = "hpcnb-sshtest"
+FEW_SESSIONS_ADDR, FEW_SESSIONS = "127.0.0.3", 3  # MaxSessions for connections to this address
 
 
 def require(condition: bool, why: str) -> None:
@@ -118,6 +119,7 @@ def _config(base: Path, port: int, host_key: Path) -> str:
 Port {port}
 ListenAddress 127.0.0.1
 ListenAddress 127.0.0.2
+ListenAddress {FEW_SESSIONS_ADDR}
 HostKey {host_key}
 PidFile {base}/sshd.pid
 AuthorizedKeysFile {base}/authorized_keys
@@ -135,6 +137,10 @@ Subsystem sftp internal-sftp
 MaxStartups 200:30:400
 MaxSessions 200
 LogLevel VERBOSE
+
+# The same server with a small session limit, for the tests of waiting for a session.
+Match LocalAddress {FEW_SESSIONS_ADDR}
+    MaxSessions {FEW_SESSIONS}
 """
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sshd_fixture import Sshd, free_port
+from sshd_fixture import FEW_SESSIONS_ADDR, Sshd, free_port
 
 from hpcnb.errors import SSHError
 from hpcnb.ssh import SSHRemote
@@ -54,5 +54,21 @@ def test_many_threads_running_short_commands_on_one_login(sshd: Sshd) -> None:
             results = list(pool.map(run, range(800)))
         assert results == [(0, f"n{i}\n") for i in range(800)]
         assert remote.is_alive()
+    finally:
+        remote.close()
+
+
+def test_commands_beyond_max_sessions_wait_for_a_session(sshd: Sshd) -> None:
+    """sshd allows FEW_SESSIONS sessions on a connection to FEW_SESSIONS_ADDR: twelve commands at
+    once each wait for one of the others to end (hpcnb.ssh.sessions), none is refused."""
+    remote = SSHRemote.connect(FEW_SESSIONS_ADDR, sshd.port, sshd.user, str(sshd.client_key),
+                               [str(sshd.known_hosts(f"[{FEW_SESSIONS_ADDR}]:{sshd.port}"))],
+                               allow_agent=False)
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda i: remote.run(["sh", "-c", f"sleep 0.3; echo {i}"]),
+                                    range(24)))
+        assert [(r.exit_status, r.stdout) for r in results] == [(0, f"{i}\n") for i in range(24)]
+        assert "no more sessions" in sshd.log()  # the limit was met, and waited for
     finally:
         remote.close()
