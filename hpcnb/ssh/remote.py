@@ -30,6 +30,9 @@ CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError)
 # the login node is taken for gone: sooner than ServerAliveInterval x ServerAliveCountMax (90 s by
 # default), and behind a ProxyJump, where the dead node's socket is not ours to time out.
 CHANNEL_OPEN_TIMEOUT_S = 20.0
+# The longest a command waits for a session another of ours holds (MaxSessions; hpcnb.ssh.sessions)
+# before its own timeout starts. A keeper's caller waits the timeout plus LOGIN_ALLOWANCE_S (90 s).
+SESSION_WAIT_S = 30.0
 
 
 class ClusterLike(Protocol):
@@ -209,14 +212,17 @@ class SSHRemote:
     def run(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0) -> CommandResult:
         """Run argv (each word shell-quoted for the remote login shell). Never raises for a
         non-zero exit; SSHError if the connection fails (CommandNotStarted before the command
-        could start, ConnectionLost after: it may have run), CommandError on timeout."""
+        could start, ConnectionLost after: it may have run), CommandError on timeout. `timeout`
+        counts from the command's start: waiting for a session (hpcnb.ssh.sessions) comes first,
+        up to SESSION_WAIT_S, so a slow start never makes a command that ran look timed out."""
         argv = list(argv)
         command = shell_command(argv)
-        deadline = time.monotonic() + timeout
         chan = self._start_command(command, stdin, timeout)
         try:
-            return self._answer(chan, argv, command, deadline, timeout)
+            return self._answer(chan, argv, command, time.monotonic() + timeout, timeout)
         finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                chan.close()  # closed already, unless something unforeseen ended _answer
             self._sessions.closed()
 
     def _answer(self, chan: paramiko.Channel, argv: list[str], command: str, deadline: float,
@@ -264,7 +270,7 @@ class SSHRemote:
 
     def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
         """A session channel running `command`, its stdin written and closed."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + min(timeout, SESSION_WAIT_S)
         while True:
             ended = self._sessions.opening()
             try:
@@ -288,14 +294,19 @@ class SSHRemote:
             if stdin:
                 chan.sendall(stdin.encode("utf-8"))  # scripts are small: fits the 2 MiB window
             chan.shutdown_write()
-        except CONNECTION_ERRORS as exc:  # the exec request may have reached sshd: may have run
-            if chan.closed and self.transport.is_active() and chan.status_event.is_set():
-                # It ran and ended before reading all of its stdin (sshd closed the channel): its
-                # output and exit status are the answer, not a lost connection.
+        except BaseException as exc:
+            # The exec request may have reached sshd: may have run. If it ran and ended before
+            # reading all of its stdin (sshd sent its exit status and closed the channel), its
+            # output and exit status are the answer. paramiko also sets status_event on any
+            # close, a refused exec's included: only a received exit status counts.
+            if (isinstance(exc, CONNECTION_ERRORS) and chan.closed and chan.exit_status != -1
+                    and self.transport.is_active()):
                 return chan
             with contextlib.suppress(*CONNECTION_ERRORS):
                 chan.close()
             self._sessions.closed()
+            if not isinstance(exc, CONNECTION_ERRORS):
+                raise
             why = exc or type(exc).__name__
             raise ConnectionLost(f"cannot run `{command}` on {self.host}: {why}") from exc
         return chan

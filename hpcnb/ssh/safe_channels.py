@@ -14,6 +14,8 @@ was gone within seconds, every time):
    channel 3", sshd's log). RFC 4254 section 5.3: after sending CHANNEL_CLOSE, a party must not
    send more messages on the channel. So such a message is dropped here, under the lock every
    send holds (paramiko's clear_to_send_lock), which is what makes the check and the send one step.
+   Left as paramiko has it: a thread stalled from its check until the server has freed the id
+   and given it to a channel we opened next (a whole round trip) would still send on the new one.
 2. A refused channel open is told to the thread that asked. paramiko keeps a refusal
    (CHANNEL_OPEN_FAILURE) in one transport-wide slot, saved_exception, that the waiting thread
    reads and clears (Transport.open_channel, get_exception). With two refusals at once (MaxSessions
@@ -28,6 +30,7 @@ thread), and the handlers paramiko's thread calls through its per-instance table
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import paramiko
@@ -44,6 +47,9 @@ from paramiko.common import (
 )
 from paramiko.message import Message
 
+CLOSED_PRUNE_AT = 4096  # closed ids kept before the old ones are dropped
+CLOSED_KEPT_S = 60.0
+
 # The messages that name the recipient's channel first and are sent only while it is open (RFC
 # 4254 section 5); CHANNEL_OPEN_CONFIRMATION and _FAILURE answer an open and are not among them.
 _ON_AN_OPEN_CHANNEL = frozenset({
@@ -59,10 +65,12 @@ class ThreadSafeChannels(paramiko.Transport):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The server's ids of channels we have sent CHANNEL_CLOSE on; an id leaves when the server
-        # gives it to a new channel (it reuses them: OpenSSH takes the lowest free one).
-        self._closed_ids: set[int] = set()
+        # The server's ids of channels we have sent CHANNEL_CLOSE on, and when; an id leaves when
+        # the server gives it to a new channel (OpenSSH takes the lowest free one) or, against a
+        # server that never reuses them, once it is CLOSED_KEPT_S old (see _forget_old).
+        self._closed_ids: dict[int, float] = {}
         self._refusals: dict[int, paramiko.ChannelException] = {}
+        self._waiting: set[int] = set()  # our ids of opens a thread still waits for
 
     # --- 1. nothing after CLOSE ---------------------------------------------------------------
     def _send_message(self, data: Message) -> None:
@@ -73,22 +81,36 @@ class ThreadSafeChannels(paramiko.Transport):
             if recipient in self._closed_ids:
                 return  # the peer may have freed the channel: this message would end the connection
             if kind == MSG_CHANNEL_CLOSE:
-                self._closed_ids.add(recipient)
+                self._closed_ids[recipient] = time.monotonic()
+                if len(self._closed_ids) > CLOSED_PRUNE_AT:
+                    self._forget_old()
         super()._send_message(data)
+
+    def _forget_old(self) -> None:
+        """Drop ids closed long ago: a message that a thread built before the CLOSE is sent within
+        moments of it, never a minute later (under the send lock: no other writer)."""
+        old = time.monotonic() - CLOSED_KEPT_S
+        for chanid, closed_at in list(self._closed_ids.items()):  # in place: paramiko's thread pops
+            if closed_at < old:
+                self._closed_ids.pop(chanid, None)
 
     def _parse_channel_open_success(self, m: Message) -> None:
         at = m.packet.tell()
         m.get_int()  # our id
-        self._closed_ids.discard(m.get_int())  # the server's id, now a new channel's
+        self._closed_ids.pop(m.get_int(), None)  # the server's id, now a new channel's
         m.packet.seek(at)
         super()._parse_channel_open_success(m)
 
     def _parse_channel_open(self, m: Message) -> None:
         at = m.packet.tell()
         m.get_text()  # the channel type
-        self._closed_ids.discard(m.get_int())  # the server's id for a channel it opens to us
+        server_id = m.get_int()
         m.packet.seek(at)
         super()._parse_channel_open(m)
+        # The server's id for a channel it opened to us: forgotten only if we took the channel
+        # (hpcnb asks for none; paramiko refuses them), else messages on the old one stay dropped.
+        if any(chan.remote_chanid == server_id for chan in self._channels.values()):
+            self._closed_ids.pop(server_id, None)
 
     # --- 2. each refusal to its asker ----------------------------------------------------------
     def open_channel(self, *args: Any, **kwargs: Any) -> paramiko.Channel:
@@ -101,18 +123,20 @@ class ThreadSafeChannels(paramiko.Transport):
                 raise refusal from None
             raise
         finally:
+            self._waiting.discard(self._asking.chanid)  # a refusal after a timeout is not kept
             self._refusals.pop(self._asking.chanid, None)  # when paramiko's slot had the right one
 
     def _next_channel(self) -> int:
         chanid: int = super()._next_channel()  # in open_channel, in the asking thread, under self.lock
         self._asking.chanid = chanid
+        self._waiting.add(chanid)
         return chanid
 
     def _parse_channel_open_failure(self, m: Message) -> None:
         at = m.packet.tell()
         chanid, reason = m.get_int(), m.get_int()
         m.packet.seek(at)
-        if chanid in self.channel_events:  # someone waits for it (not one that timed out)
+        if chanid in self._waiting:  # a thread still waits for it (not one that timed out)
             self._refusals[chanid] = paramiko.ChannelException(
                 reason, CONNECTION_FAILED_CODE.get(reason, "(unknown code)"))
         super()._parse_channel_open_failure(m)

@@ -46,17 +46,17 @@ class SessionSlots:
     def refused(self, since: int, deadline: float) -> bool:
         """The open after opening() was refused: whether to try again (opening() first). Yes once
         another session of ours has ended since, waiting until `deadline` (the clock's time) for
-        that. With none of ours held, only just after one ended: sshd frees a closed session in a
-        later pass of its loop, not as it reads our CLOSE, so an open right behind the CLOSE can
-        still be refused (loopback sshd, MaxSessions 3, 12 threads: 1 run in 3)."""
+        that. Just after one of ours ended, after a short pause whether others are held or not:
+        sshd frees a closed session in a later pass of its loop, not as it reads our CLOSE, so an
+        open right behind the CLOSE can still be refused (loopback sshd, MaxSessions 3, 12
+        threads: 1 run in 3 before the pause)."""
         with self._changed:
             self.held -= 1
             self._changed.notify_all()
-            self._changed.wait_for(lambda: self.ended > since or self.held == 0,
-                                   timeout=max(0.0, deadline - self._clock()))
             if self.ended > since:
                 return True
-            if self._clock() - self._last_end < SETTLE_S and self._clock() + PAUSE_S < deadline:
-                self._changed.wait(PAUSE_S)
-                return True
-            return False
+            if self._clock() - self._last_end < SETTLE_S:  # sshd may not have freed it yet
+                return self._changed.wait(PAUSE_S) or self._clock() < deadline
+            self._changed.wait_for(lambda: self.ended > since or self.held == 0,
+                                   timeout=max(0.0, deadline - self._clock()))
+            return self.ended > since

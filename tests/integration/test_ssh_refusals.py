@@ -7,10 +7,11 @@ login (hpcnb.ssh.transport, SSHTransport.open_channel).
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sshd_fixture import FEW_SESSIONS_ADDR, Sshd, free_port
+from sshd_fixture import FEW_SESSIONS, FEW_SESSIONS_ADDR, Sshd, free_port
 
 from hpcnb.errors import SSHError
 from hpcnb.ssh import SSHRemote
@@ -70,5 +71,23 @@ def test_commands_beyond_max_sessions_wait_for_a_session(sshd: Sshd) -> None:
                                     range(24)))
         assert [(r.exit_status, r.stdout) for r in results] == [(0, f"{i}\n") for i in range(24)]
         assert "no more sessions" in sshd.log()  # the limit was met, and waited for
+    finally:
+        remote.close()
+
+
+def test_a_command_that_waited_for_a_session_gets_its_whole_timeout(sshd: Sshd) -> None:
+    """The wait for a session comes before the command's own timeout: a command that waited most
+    of its timeout and then ran is its answer, never a timeout (a submit that ran, told as failed,
+    would be submitted again)."""
+    remote = SSHRemote.connect(FEW_SESSIONS_ADDR, sshd.port, sshd.user, str(sshd.client_key),
+                               [str(sshd.known_hosts(f"[{FEW_SESSIONS_ADDR}]:{sshd.port}"))],
+                               allow_agent=False)
+    try:
+        with ThreadPoolExecutor(FEW_SESSIONS + 1) as pool:
+            holders = [pool.submit(remote.run, ["sleep", "2.5"]) for _ in range(FEW_SESSIONS)]
+            time.sleep(0.5)  # the holders have their sessions
+            late = pool.submit(remote.run, ["sh", "-c", "sleep 1; echo ran"], timeout=3)
+            assert late.result().stdout == "ran\n"
+            assert all(h.result().exit_status == 0 for h in holders)
     finally:
         remote.close()
