@@ -282,23 +282,22 @@ class Keeper:
     def _command(self, line: ClientLine, request: dict[str, Any]) -> None:
         """A command on the login host on a session channel, with a pty of the caller's size when
         it asks for one; after the answer, raw bytes both ways until the command ends."""
-        ident, pty = str(request.get("id") or ""), request.get("pty")
-        chan = self.login(line).transport.open_session(timeout=30)
+        ident, pty, command = str(request.get("id") or ""), request.get("pty"), str(request.get("command"))
         status = -1
         try:
-            if isinstance(pty, dict):
-                chan.get_pty(term=str(pty.get("term") or "xterm"), width=int(pty.get("cols") or 80),
-                             height=int(pty.get("rows") or 24))
-            chan.exec_command(str(request.get("command")))
-            with self._state_lock:
-                self._channels[ident] = chan
-            line.send({"ok": True})
-            # The channel stays open after the bytes: sshd may send the exit status after its EOF.
-            splice(socket.socket(fileno=os.dup(line.conn.fileno())), _OpenUntilStatus(chan), RETRYABLE)
-            if chan.status_event.wait(10):
-                status = chan.exit_status
+            with self.login(line).session(command, timeout=30) as chan:
+                if isinstance(pty, dict):
+                    chan.get_pty(term=str(pty.get("term") or "xterm"), width=int(pty.get("cols") or 80),
+                                 height=int(pty.get("rows") or 24))
+                chan.exec_command(command)
+                with self._state_lock:
+                    self._channels[ident] = chan
+                line.send({"ok": True})
+                # The channel stays open after the bytes: sshd may send the exit status after its EOF.
+                splice(socket.socket(fileno=os.dup(line.conn.fileno())), _OpenUntilStatus(chan), RETRYABLE)
+                if chan.status_event.wait(10):
+                    status = chan.exit_status
         finally:
-            chan.close()
             with self._state_lock:
                 self._channels.pop(ident, None)
                 self._exits[ident] = status

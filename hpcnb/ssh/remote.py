@@ -11,7 +11,7 @@ import contextlib
 import getpass
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -268,8 +268,21 @@ class SSHRemote:
             stderr=b"".join(stderr_parts).decode("utf-8", "replace"),
         )
 
-    def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
-        """A session channel running `command`, its stdin written and closed."""
+    @contextlib.contextmanager
+    def session(self, command: str, timeout: float = 30.0) -> Iterator[paramiko.Channel]:
+        """A session channel for `command` (an interactive one: a shell, `tail -f`), counted among
+        this login's sessions (hpcnb.ssh.sessions) until it is closed here; CommandNotStarted if
+        none is to be had."""
+        chan = self._open_session(command, timeout)
+        try:
+            yield chan
+        finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                chan.close()
+            self._sessions.closed()
+
+    def _open_session(self, command: str, timeout: float) -> paramiko.Channel:
+        """A session channel, counted (the caller calls self._sessions.closed() when it closes)."""
         deadline = time.monotonic() + min(timeout, SESSION_WAIT_S)
         while True:
             ended = self._sessions.opening()
@@ -289,6 +302,11 @@ class SSHRemote:
                     self.transport.close()
                 raise CommandNotStarted(
                     f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        return chan
+
+    def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
+        """A session channel running `command`, its stdin written and closed."""
+        chan = self._open_session(command, timeout)
         try:
             chan.exec_command(command)
             if stdin:
