@@ -274,20 +274,21 @@ class SSHRemote:
         this login's sessions (hpcnb.ssh.sessions) until it is closed here; CommandNotStarted if
         none is to be had."""
         chan = self._open_session(command, timeout)
+        self._sessions.lasting()
         try:
             yield chan
         finally:
             with contextlib.suppress(*CONNECTION_ERRORS):
                 chan.close()
-            self._sessions.closed()
+            self._sessions.closed(lasting=True)
 
-    def _open_session(self, command: str, timeout: float) -> paramiko.Channel:
+    def _open_session(self, command: str, timeout: float, **window: int) -> paramiko.Channel:
         """A session channel, counted (the caller calls self._sessions.closed() when it closes)."""
         deadline = time.monotonic() + min(timeout, SESSION_WAIT_S)
         while True:
             ended = self._sessions.opening()
             try:
-                chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S))
+                chan = self.transport.open_session(timeout=min(timeout, CHANNEL_OPEN_TIMEOUT_S), **window)
                 break
             except paramiko.ChannelException as exc:  # refused: MaxSessions, or none allowed
                 if self._sessions.refused(ended, deadline):
@@ -332,15 +333,21 @@ class SSHRemote:
     def _sftp_client(self) -> paramiko.SFTPClient:
         with self._lock:
             if self._sftp is None:
+                # paramiko's SFTPClient.from_transport, on a session that waits like a command's.
                 try:
-                    client = paramiko.SFTPClient.from_transport(
-                        self.transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-                    )
-                except CONNECTION_ERRORS as exc:
+                    chan = self._open_session("the SFTP subsystem", CHANNEL_OPEN_TIMEOUT_S,
+                                              window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+                except CommandNotStarted as exc:
                     raise SSHError(f"cannot start SFTP on {self.host}: {exc}") from exc
-                if client is None:
-                    raise SSHError(f"cannot start SFTP on {self.host}")
-                self._sftp = client
+                self._sessions.lasting()
+                try:
+                    chan.invoke_subsystem("sftp")
+                    self._sftp = paramiko.SFTPClient(chan)
+                except CONNECTION_ERRORS as exc:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        chan.close()
+                    self._sessions.closed(lasting=True)
+                    raise SSHError(f"cannot start SFTP on {self.host}: {exc}") from exc
             return self._sftp
 
     def read_file(self, path: str) -> bytes:
@@ -363,6 +370,7 @@ class SSHRemote:
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
+            self._sessions.closed(lasting=True)
         link, self._link = self._link, None
         if link is not None:
             link.release()

@@ -6,7 +6,8 @@ login (hpcnb.keeper) runs the commands of every hpcnb process of a cluster on on
 `list` and a few `submit`s polling at once reach 10 at a site that keeps the default. A refusal
 while commands of ours hold sessions is theirs to end, within seconds: so the command waits for
 one of them and tries again, until its own deadline. A refusal while none is held is the
-server's answer and is told at once.
+server's answer and is told at once; sessions that may last for hours (a shell, SFTP) wait for a
+session to open like a command but are not counted as held once open.
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ class SessionSlots:
             self.held += 1
             return self.ended
 
-    def closed(self) -> None:
-        """A session opened after opening() has ended (or its open failed for another reason)."""
+    def lasting(self) -> None:
+        """The session opened after opening() may stay open for hours (a shell, SFTP): no longer
+        counted as held, so a refusal does not wait for it to end."""
         with self._changed:
             self.held -= 1
+            self._changed.notify_all()
+
+    def closed(self, lasting: bool = False) -> None:
+        """A session opened after opening() has ended (or its open failed for another reason);
+        `lasting` if lasting() was said of it."""
+        with self._changed:
+            if not lasting:
+                self.held -= 1
             self.ended += 1
             self._last_end = self._clock()
             self._changed.notify_all()

@@ -43,3 +43,15 @@ def test_refused_just_after_ours_ended_tries_again_until_sshd_has_caught_up() ->
     now[0] += SETTLE_S
     since = slots.opening()
     assert slots.refused(since, deadline=200.0) is False
+
+
+def test_a_lasting_session_is_not_waited_for_but_its_end_is_seen() -> None:
+    slots = SessionSlots()
+    slots.opening()
+    slots.lasting()  # a shell: open for hours
+    since = slots.opening()
+    started = time.monotonic()
+    assert slots.refused(since, deadline=time.monotonic() + 30) is False  # at once
+    assert time.monotonic() - started < 1.0
+    slots.closed(lasting=True)
+    assert slots.held == 0 and slots.ended == 1
