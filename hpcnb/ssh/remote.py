@@ -221,9 +221,7 @@ class SSHRemote:
         try:
             return self._answer(chan, argv, command, time.monotonic() + timeout, timeout)
         finally:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                chan.close()  # closed already, unless something unforeseen ended _answer
-            self._sessions.closed()
+            self._close_session(chan)  # closed already, unless something unforeseen ended _answer
 
     def _answer(self, chan: paramiko.Channel, argv: list[str], command: str, deadline: float,
                 timeout: float) -> CommandResult:
@@ -273,17 +271,16 @@ class SSHRemote:
         """A session channel for `command` (an interactive one: a shell, `tail -f`), counted among
         this login's sessions (hpcnb.ssh.sessions) until it is closed here; CommandNotStarted if
         none is to be had."""
-        chan = self._open_session(command, timeout)
-        self._sessions.lasting()
+        chan = self._open_session(command, timeout, lasting=True)
         try:
             yield chan
         finally:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                chan.close()
-            self._sessions.closed(lasting=True)
+            self._close_session(chan, lasting=True)
 
-    def _open_session(self, command: str, timeout: float, **window: int) -> paramiko.Channel:
-        """A session channel, counted (the caller calls self._sessions.closed() when it closes)."""
+    def _open_session(self, command: str, timeout: float, *, lasting: bool = False,
+                      **window: int) -> paramiko.Channel:
+        """A session channel, counted (hpcnb.ssh.sessions; `lasting`: one that may stay open for
+        hours) until _close_session closes it."""
         deadline = time.monotonic() + min(timeout, SESSION_WAIT_S)
         while True:
             ended = self._sessions.opening()
@@ -303,7 +300,14 @@ class SSHRemote:
                     self.transport.close()
                 raise CommandNotStarted(
                     f"cannot run `{command}` on {self.host}: {exc or type(exc).__name__}") from exc
+        if lasting:
+            self._sessions.lasting()
         return chan
+
+    def _close_session(self, chan: paramiko.Channel, lasting: bool = False) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            chan.close()
+        self._sessions.closed(lasting=lasting)
 
     def _start_command(self, command: str, stdin: str | None, timeout: float) -> paramiko.Channel:
         """A session channel running `command`, its stdin written and closed."""
@@ -321,9 +325,7 @@ class SSHRemote:
             if (isinstance(exc, CONNECTION_ERRORS) and chan.closed and chan.exit_status != -1
                     and self.transport.is_active()):
                 return chan
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                chan.close()
-            self._sessions.closed()
+            self._close_session(chan)
             if not isinstance(exc, CONNECTION_ERRORS):
                 raise
             why = exc or type(exc).__name__
@@ -335,18 +337,15 @@ class SSHRemote:
             if self._sftp is None:
                 # paramiko's SFTPClient.from_transport, on a session that waits like a command's.
                 try:
-                    chan = self._open_session("the SFTP subsystem", CHANNEL_OPEN_TIMEOUT_S,
+                    chan = self._open_session("the SFTP subsystem", CHANNEL_OPEN_TIMEOUT_S, lasting=True,
                                               window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
                 except CommandNotStarted as exc:
                     raise SSHError(f"cannot start SFTP on {self.host}: {exc}") from exc
-                self._sessions.lasting()
                 try:
                     chan.invoke_subsystem("sftp")
                     self._sftp = paramiko.SFTPClient(chan)
                 except CONNECTION_ERRORS as exc:
-                    with contextlib.suppress(*CONNECTION_ERRORS):
-                        chan.close()
-                    self._sessions.closed(lasting=True)
+                    self._close_session(chan, lasting=True)
                     raise SSHError(f"cannot start SFTP on {self.host}: {exc}") from exc
             return self._sftp
 

@@ -16,6 +16,8 @@ was gone within seconds, every time):
    send holds (paramiko's clear_to_send_lock), which is what makes the check and the send one step.
    Left as paramiko has it: a thread stalled from its check until the server has freed the id
    and given it to a channel we opened next (a whole round trip) would still send on the new one.
+   Channels the server opens to us (remote forwarding, agent, X11) are not followed: hpcnb asks
+   for none, and paramiko refuses them.
 2. A refused channel open is told to the thread that asked. paramiko keeps a refusal
    (CHANNEL_OPEN_FAILURE) in one transport-wide slot, saved_exception, that the waiting thread
    reads and clears (Transport.open_channel, get_exception). With two refusals at once (MaxSessions
@@ -66,8 +68,8 @@ class ThreadSafeChannels(paramiko.Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The server's ids of channels we have sent CHANNEL_CLOSE on, and when; an id leaves when
-        # the server gives it to a new channel (OpenSSH takes the lowest free one) or, against a
-        # server that never reuses them, once it is CLOSED_KEPT_S old (see _forget_old).
+        # the server confirms it for a channel we opened (OpenSSH takes the lowest free one) or,
+        # against a server that never reuses them, once it is CLOSED_KEPT_S old (_forget_old).
         self._closed_ids: dict[int, float] = {}
         self._refusals: dict[int, paramiko.ChannelException] = {}
         self._waiting: set[int] = set()  # our ids of opens a thread still waits for
@@ -100,17 +102,6 @@ class ThreadSafeChannels(paramiko.Transport):
         self._closed_ids.pop(m.get_int(), None)  # the server's id, now a new channel's
         m.packet.seek(at)
         super()._parse_channel_open_success(m)
-
-    def _parse_channel_open(self, m: Message) -> None:
-        at = m.packet.tell()
-        m.get_text()  # the channel type
-        server_id = m.get_int()
-        m.packet.seek(at)
-        super()._parse_channel_open(m)
-        # The server's id for a channel it opened to us: forgotten only if we took the channel
-        # (hpcnb asks for none; paramiko refuses them), else messages on the old one stay dropped.
-        if any(chan.remote_chanid == server_id for chan in self._channels.values()):
-            self._closed_ids.pop(server_id, None)
 
     # --- 2. each refusal to its asker ----------------------------------------------------------
     def open_channel(self, *args: Any, **kwargs: Any) -> paramiko.Channel:

@@ -17,9 +17,14 @@ from hpcnb.errors import SSHError
 from hpcnb.ssh import SSHRemote
 
 
+def login(sshd: Sshd, address: str = "127.0.0.1") -> SSHRemote:
+    name = sshd.host_name if address == "127.0.0.1" else f"[{address}]:{sshd.port}"
+    return SSHRemote.connect(address, sshd.port, sshd.user, str(sshd.client_key),
+                             [str(sshd.known_hosts(name))], allow_agent=False)
+
+
 def test_each_of_many_refusals_at_once_is_its_own_and_the_login_lives(sshd: Sshd) -> None:
-    remote = SSHRemote.connect("127.0.0.1", sshd.port, sshd.user, str(sshd.client_key),
-                               [str(sshd.known_hosts())], allow_agent=False)
+    remote = login(sshd)
     closed = free_port()  # nothing listens: sshd refuses each direct-tcpip open at once
 
     def refused(_: int) -> str:
@@ -43,8 +48,7 @@ def test_many_threads_running_short_commands_on_one_login(sshd: Sshd) -> None:
     """Commands that end before reading their stdin: sshd closes each channel while another
     thread may still send on it (its stdin, its EOF). Before hpcnb.ssh.safe_channels the login
     died within seconds ("ieof packet referred to nonexistent channel", sshd's log)."""
-    remote = SSHRemote.connect("127.0.0.1", sshd.port, sshd.user, str(sshd.client_key),
-                               [str(sshd.known_hosts())], allow_agent=False)
+    remote = login(sshd)
 
     def run(i: int) -> tuple[int, str]:
         result = remote.run(["echo", f"n{i}"], stdin="unread\n" * (i % 3) * 50)
@@ -62,9 +66,7 @@ def test_many_threads_running_short_commands_on_one_login(sshd: Sshd) -> None:
 def test_commands_beyond_max_sessions_wait_for_a_session(sshd: Sshd) -> None:
     """sshd allows FEW_SESSIONS sessions on a connection to FEW_SESSIONS_ADDR: twelve commands at
     once each wait for one of the others to end (hpcnb.ssh.sessions), none is refused."""
-    remote = SSHRemote.connect(FEW_SESSIONS_ADDR, sshd.port, sshd.user, str(sshd.client_key),
-                               [str(sshd.known_hosts(f"[{FEW_SESSIONS_ADDR}]:{sshd.port}"))],
-                               allow_agent=False)
+    remote = login(sshd, FEW_SESSIONS_ADDR)
     try:
         with ThreadPoolExecutor(12) as pool:
             results = list(pool.map(lambda i: remote.run(["sh", "-c", f"sleep 0.3; echo {i}"]),
@@ -79,9 +81,7 @@ def test_a_command_that_waited_for_a_session_gets_its_whole_timeout(sshd: Sshd) 
     """The wait for a session comes before the command's own timeout: a command that waited most
     of its timeout and then ran is its answer, never a timeout (a submit that ran, told as failed,
     would be submitted again)."""
-    remote = SSHRemote.connect(FEW_SESSIONS_ADDR, sshd.port, sshd.user, str(sshd.client_key),
-                               [str(sshd.known_hosts(f"[{FEW_SESSIONS_ADDR}]:{sshd.port}"))],
-                               allow_agent=False)
+    remote = login(sshd, FEW_SESSIONS_ADDR)
     try:
         with ThreadPoolExecutor(FEW_SESSIONS + 1) as pool:
             holders = [pool.submit(remote.run, ["sleep", "2.5"]) for _ in range(FEW_SESSIONS)]
