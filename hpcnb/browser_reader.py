@@ -29,6 +29,8 @@ from typing import Protocol
 
 SOCKET_READ = 256 * 1024  # per socket.recv(): CPython allocates this much for every call
 MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", None)  # not on Windows: there, a thread per connection
+# Whether another thread's loop can wait on a reader (fileno()): an epoll's descriptor can be polled.
+DRIVABLE = MSG_DONTWAIT is not None and selectors.DefaultSelector is getattr(selectors, "EpollSelector", None)
 
 
 class Reading(Protocol):
@@ -60,9 +62,12 @@ def _raise(exc: BaseException) -> None:
 
 
 class BrowserReader:
-    """One thread with a selector over the browser sockets given to it (add)."""
+    """A selector over the browser sockets given to it (add), read by a thread of its own, or,
+    with own_thread=False, by whoever waits on fileno() and then calls service() (an SSH
+    transport's thread: hpcnb.ssh.transport), who calls close() at its end."""
 
-    def __init__(self, errors: tuple[type[BaseException], ...], spawn: Callable[..., None]) -> None:
+    def __init__(self, errors: tuple[type[BaseException], ...], spawn: Callable[..., None], *,
+                 own_thread: bool = True) -> None:
         self.errors = errors  # what a failed upstream raises (the tunnel's)
         self._spawn = spawn  # run a function in a worker thread
         self._sel = selectors.DefaultSelector()
@@ -73,7 +78,8 @@ class BrowserReader:
         self._adds: queue.SimpleQueue[Reading] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        threading.Thread(target=self._run, name="tunnel-reader", daemon=True).start()
+        if own_thread:
+            threading.Thread(target=self._run, name="tunnel-reader", daemon=True).start()
 
     def add(self, pipe: Reading) -> None:
         """Read pipe.client from now on (any thread). After stop(), the socket is closed instead."""
@@ -93,21 +99,36 @@ class BrowserReader:
         with contextlib.suppress(OSError):  # full: a wake-up is pending; closed: the thread ended
             self._wake_w.send(b"x")
 
+    def fileno(self) -> int:
+        """The selector's own descriptor (an epoll's): readable while a connection or add() is."""
+        return self._sel.fileno()  # type: ignore[attr-defined]
+
+    def service(self) -> None:
+        """Read every connection that is ready, without waiting (fileno() said some are)."""
+        self._serve(self._sel.select(0))
+
+    def close(self) -> None:
+        """The end of a reader without its own thread: every connection it reads is let go."""
+        self._close_all()
+
     def _run(self) -> None:
         try:
             while not self._stopped:
-                for key, _ in self._sel.select():
-                    if key.fileobj is self._wake_r:
-                        self._take_adds()
-                        continue
-                    try:
-                        self._read(key.data)
-                    except Exception as exc:  # noqa: BLE001 - a bug: a worker raises it again (its
-                        # traceback is shown), its connection is closed, every other one still read
-                        self._stop_reading(key.data, eof=False)
-                        self._spawn(_raise, exc)
+                self._serve(self._sel.select())
         finally:
             self._close_all()
+
+    def _serve(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _ in events:
+            if key.fileobj is self._wake_r:
+                self._take_adds()
+                continue
+            try:
+                self._read(key.data)
+            except Exception as exc:  # noqa: BLE001 - a bug: a worker raises it again (its
+                # traceback is shown), its connection is closed, every other one still read
+                self._stop_reading(key.data, eof=False)
+                self._spawn(_raise, exc)
 
     def _take_adds(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -167,6 +188,8 @@ class BrowserReader:
 
     def _close_all(self) -> None:
         with self._lock:
+            if self._sel.get_map() is None:  # closed already
+                return
             self._stopped = True
         pipes = [key.data for key in self._sel.get_map().values() if key.fileobj is not self._wake_r]
         while True:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import queue
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from hpcnb.browser_reader import MSG_DONTWAIT, SOCKET_READ, BrowserReader
 from hpcnb.errors import HpcnbError, TunnelError
@@ -47,6 +48,12 @@ Notify = Callable[[str], None]
 # spawn(fn) to run fn in a worker thread when it must block.
 Deliver = Callable[
     [object, socket.socket, Callable[[BaseException | None], None], Callable[..., None]], bool]
+# An opener's optional `open_soon(done)`: start opening an upstream and return True at once (False:
+# it cannot now, call the opener); done(upstream, None) or done(None, error) follows, once.
+OpenSoon = Callable[[Callable[[Any, BaseException | None], None]], bool]
+# An opener's optional `read_by(upstream, errors, spawn)`: a reader, not the tunnel's own, for what
+# the browser sends on a connection to that upstream (an SSH transport's thread), or None.
+ReadBy = Callable[[object, tuple[type[BaseException], ...], Callable[..., None]], "BrowserReader | None"]
 
 
 def _nothing() -> None:
@@ -127,7 +134,7 @@ class _Pipe:
     def start(self) -> None:
         # The browser's requests: the tunnel's reader thread (hpcnb.browser_reader), which owns the
         # browser socket from here on (a close() meanwhile leaves it to the reader), or this one.
-        reader = self.tunnel._reader()
+        reader = self.tunnel._reader(self.upstream)
         if reader is not None:
             with self._lock:
                 self._reader_owns = True
@@ -207,7 +214,8 @@ class Tunnel:
 
     An opener may say which exceptions mean "this upstream failed" in an `errors` attribute
     (hpcnb.ssh's do: paramiko's own); the default is UPSTREAM_ERRORS. It may also have a
-    `deliver` (Deliver) for the upstream-to-browser direction.
+    `deliver` (Deliver) for the upstream-to-browser direction, a `read_by` (ReadBy) for the other,
+    and an `open_soon` (OpenSoon) that opens without a thread waiting for the far end.
     """
 
     def __init__(
@@ -228,6 +236,8 @@ class Tunnel:
         self.open_upstream = open_upstream
         self.errors: tuple[type[BaseException], ...] = getattr(open_upstream, "errors", UPSTREAM_ERRORS)
         self.deliver: Deliver | None = getattr(open_upstream, "deliver", None)
+        self.read_by: ReadBy | None = getattr(open_upstream, "read_by", None)
+        self.open_soon: OpenSoon | None = getattr(open_upstream, "open_soon", None)
         self.host = "127.0.0.1"
         self.port = port
         self.notify = notify or _ignore
@@ -238,14 +248,18 @@ class Tunnel:
         self._wake_r, self._wake_w = socket.socketpair()
         self._browser_reader: BrowserReader | None = None
 
-    def _reader(self) -> BrowserReader | None:
-        """The thread that reads the browsers' connections (started with the first one), or None
-        on a platform without MSG_DONTWAIT: then each connection's own thread reads it."""
+    def _reader(self, upstream: Upstream) -> BrowserReader | None:
+        """What reads a browser connection: the opener's `read_by` (its SSH transport's thread),
+        else the tunnel's reader thread (started with the first connection), or None on a
+        platform without MSG_DONTWAIT: then each connection's own thread reads it."""
         if MSG_DONTWAIT is None:
             return None
         with self._lock:
             if self._stopped.is_set():
                 return None  # the connection's own thread meets its closed socket and ends
+        if self.read_by is not None and (reader := self.read_by(upstream, self.errors, WORKERS.run)):
+            return reader
+        with self._lock:
             if self._browser_reader is None:
                 self._browser_reader = BrowserReader(self.errors, WORKERS.run)
             return self._browser_reader
@@ -307,7 +321,18 @@ class Tunnel:
             return
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.open_soon is not None and self.open_soon(functools.partial(self._opened, client)):
+            return  # no thread waits for the far end's answer
         WORKERS.run(self._handle, client)
+
+    def _opened(self, client: socket.socket, upstream: Upstream | None, error: BaseException | None) -> None:
+        """open_soon's answer (from the opener's thread)."""
+        if upstream is None:
+            # Refused, or the connection was lost meanwhile: the way that waits says why, or
+            # reconnects (a refusal is asked again: rare, and never worse than before).
+            WORKERS.run(self._handle, client)
+            return
+        self._pipe(client, upstream)
 
     def _handle(self, client: socket.socket) -> None:
         try:
@@ -316,6 +341,9 @@ class Tunnel:
             self.notify(f"cannot open the tunnel's far end: {exc}")
             client.close()
             return
+        self._pipe(client, upstream)
+
+    def _pipe(self, client: socket.socket, upstream: Upstream) -> None:
         if isinstance(upstream, socket.socket):
             with contextlib.suppress(OSError):
                 upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -19,7 +19,8 @@ from hpcnb.errors import HpcnbError
 from hpcnb.ssh import feed
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.ssh.remote import SSHRemote
-from hpcnb.ssh.transport import TUNNEL_WINDOW_SIZE
+from hpcnb.ssh.safe_channels import OpenDone
+from hpcnb.ssh.transport import STREAMLOCAL, TUNNEL_WINDOW_SIZE, SSHTransport, reader_for
 from hpcnb.tunnel import Notify, Upstream
 
 MODES = ("direct", "node-ssh", "socket")
@@ -42,6 +43,7 @@ class NotebookRoute:
 
     errors = RETRYABLE
     deliver = staticmethod(feed.deliver)  # the notebook's replies go to the browser from paramiko's thread
+    read_by = staticmethod(reader_for)  # and the browser's requests are read there too, where it can
 
     def __init__(self, target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
                  accept_new_host_key: bool = False, notify: Notify | None = None,
@@ -90,6 +92,23 @@ class NotebookRoute:
 
     def __call__(self) -> Upstream:
         return self._upstream()
+
+    def open_soon(self, done: OpenDone) -> bool:
+        """Open a channel as __call__ does, without waiting: done(channel, None) or done(None,
+        error) comes from paramiko's thread (SSHTransport.open_channel_soon). False when the
+        connection is not known to be alive: then __call__ (which reconnects) is the way."""
+        conn = self._upstream.connection
+        transport = None if conn is None else conn.transport
+        if not isinstance(transport, SSHTransport) or not transport.is_active():
+            return False
+        t = self.target
+        if t.mode == "socket":
+            assert t.socket is not None
+            kind, fields = STREAMLOCAL, (t.socket, "", 0)  # OpenSSH PROTOCOL 2.4 (SSHTransport)
+        else:
+            host = "127.0.0.1" if t.mode == "node-ssh" else str(t.host)
+            kind, fields = "direct-tcpip", (host, int(t.port or 0), "127.0.0.1", 0)
+        return transport.open_channel_soon(kind, fields, done, window_size=TUNNEL_WINDOW_SIZE)
 
     def login(self) -> SSHRemote | None:
         """The live login connection (to read the job's files over), None while reconnecting: the

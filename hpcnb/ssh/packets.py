@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+import select
+from typing import Any, Protocol
 
 from paramiko.message import Message
 from paramiko.packet import NeedRekeyException, Packetizer
@@ -44,6 +45,14 @@ _STATE = (
 )
 
 
+class Side(Protocol):
+    """Work the transport's thread does while it waits for the socket (GcmPacketizer.drive)."""
+
+    def fileno(self) -> int: ...  # readable when there is some
+    def wanted(self) -> bool: ...  # False while it must not be done in this thread (a key exchange)
+    def service(self) -> None: ...  # do what is ready, never wait
+
+
 def _next_iv(iv: bytes) -> bytes:
     """RFC 5647 section 7.1: the last 8 bytes of the 12-byte nonce count up, the first 4 stay."""
     return iv[:4] + ((int.from_bytes(iv[4:], "big") + 1) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
@@ -58,6 +67,20 @@ class GcmPacketizer(Packetizer):
         self._pos = 0
         self._pool = b""  # random bytes for padding: self._pool[self._pool_pos:] are unused
         self._pool_pos = 0
+        self._driven: tuple[select.poll, int, Side] | None = None  # see drive()
+
+    def drive(self, side: Side) -> None:
+        """From now on, while this packetizer waits for its socket (in the transport's thread), it
+        also waits for side, and serves it: one thread for both, no hand-over between two."""
+        poller = select.poll()
+        poller.register(self._Packetizer__socket, select.POLLIN)
+        poller.register(side.fileno(), select.POLLIN)
+        self._driven = (poller, side.fileno(), side)  # one assignment: the reading thread sees all
+
+    def short_path_in(self) -> bool:
+        """Whether packets are read here (drive() needs it): the keys in use now are AES-GCM.
+        Later keys are too, as hpcnb asks for GCM first (hpcnb.ssh.transport.CIPHERS)."""
+        return self._fast_in()
 
     def _fast_in(self) -> bool:
         return bool(self._Packetizer__aead_in and self._Packetizer__compress_engine_in is None
@@ -124,6 +147,9 @@ class GcmPacketizer(Packetizer):
         got = len(parts[0])
         sock = self._Packetizer__socket
         while got < need:
+            driven = self._driven
+            if driven is not None and not self._serve_until_readable(driven, got == 0):
+                continue
             try:
                 # Through the socket object, never os.read on its number: a transport closed by
                 # another thread, and that number given to the next connection's socket, would
@@ -144,6 +170,23 @@ class GcmPacketizer(Packetizer):
             parts.append(chunk)
             got += len(chunk)
         self._buf, self._pos = b"".join(parts), 0
+
+    def _serve_until_readable(self, driven: tuple[select.poll, int, Side], before_packet: bool) -> bool:
+        """Wait for the socket or the side, as long as the socket's timeout; serve the side if it
+        is ready. True when the socket is readable (or the side must wait: recv then waits)."""
+        poller, side_fd, side = driven
+        if not side.wanted():
+            return True
+        timeout = self._Packetizer__socket.gettimeout()
+        readable = False
+        for fd, _ in poller.poll(None if timeout is None else timeout * 1000):
+            if fd == side_fd:
+                side.service()
+            else:
+                readable = True  # or an error (POLLHUP, POLLNVAL): recv says which
+        if not readable:
+            self._waited(before_packet)  # closed, a rekey due, a keepalive due: as after a timeout
+        return readable
 
     def _waited(self, before_packet: bool) -> None:
         """A socket timeout, as paramiko's read_all takes it: end if closed, make way for a rekey

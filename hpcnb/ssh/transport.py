@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,13 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
+from hpcnb.browser_reader import DRIVABLE, BrowserReader
 from hpcnb.errors import HostKeyError, SSHError
 from hpcnb.net import no_delay
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.feed import ChannelSink
-from hpcnb.ssh.packets import PACKETIZER
+from hpcnb.ssh.packets import PACKETIZER, GcmPacketizer
 from hpcnb.ssh.route import Hop
 from hpcnb.ssh.safe_channels import ThreadSafeChannels
 
@@ -82,6 +84,9 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
         kwargs.setdefault("packetizer_class", PACKETIZER)  # AES-GCM's short path (hpcnb.ssh.packets)
         super().__init__(*args, **kwargs)
         self._after_kex: list[Message] = []  # see _send_user_message
+        self._reader_lock = threading.Lock()
+        self._reader: BrowserReader | None = None  # see browser_reader
+        self._run_ended = False
         # A channel's data and EOF are handled under _feeds_lock, so that feed_channel can swap the
         # channel's buffer between two packets: run() calls the handler table per instance.
         self._feeds_lock = threading.Lock()
@@ -102,6 +107,35 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
             packetizer.complete_handshake = _done  # type: ignore[method-assign]
 
         packetizer.complete_handshake = complete_once  # type: ignore[method-assign]
+
+    def browser_reader(self, errors: tuple[type[BaseException], ...],
+                       spawn: Callable[..., None]) -> BrowserReader | None:
+        """The reader of the browser connections whose channels are this transport's, served by
+        this transport's own thread while it waits for the socket (GcmPacketizer.drive); None when
+        it cannot be (a hop inside a channel has no socket to wait on, another cipher no short
+        path, a transport that has ended): then a thread of the tunnel's reads them."""
+        packetizer = self.packetizer
+        with self._reader_lock:
+            if self._reader is None:
+                if not (DRIVABLE and self.active and not self._run_ended
+                        and isinstance(self.sock, socket.socket)
+                        and isinstance(packetizer, GcmPacketizer) and packetizer.short_path_in()):
+                    return None
+                self._reader = BrowserReader(errors, spawn, own_thread=False)
+                packetizer.drive(_ReaderSide(self._reader, self))
+                # This thread may sit in a recv until the socket's timeout (0.1 s) before it
+                # waits on the reader too: a request the server answers wakes it now.
+                self.global_request("keepalive@lag.net", wait=False)
+            return self._reader
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            with self._reader_lock:
+                self._run_ended, reader = True, self._reader
+            if reader is not None:
+                reader.close()  # every browser connection it read is let go
 
     def feed_channel(self, chan: paramiko.Channel, sink: ChannelSink) -> None:
         """From now on chan's data goes to sink.feed() in this transport's thread, not to its buffer."""
@@ -165,6 +199,29 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
         queued, self._after_kex = self._after_kex, []
         for data in queued:
             super()._send_user_message(data)
+
+
+class _ReaderSide:
+    """A browser reader as the work of a transport's thread (hpcnb.ssh.packets.Side)."""
+
+    def __init__(self, reader: BrowserReader, transport: SSHTransport) -> None:
+        self.fileno, self.service = reader.fileno, reader.service
+        self._clear_to_send = transport.clear_to_send
+
+    def wanted(self) -> bool:
+        # Not during a key exchange: what the reader sends would wait for NEWKEYS, which only this
+        # thread reads (SSHTransport._send_user_message). Only this thread starts one, too.
+        return self._clear_to_send.is_set()
+
+
+def reader_for(upstream: object, errors: tuple[type[BaseException], ...],
+               spawn: Callable[..., None]) -> BrowserReader | None:
+    """The reader for a browser connection whose far end is upstream (hpcnb.tunnel's `read_by`):
+    its transport's (SSHTransport.browser_reader), or None."""
+    if not isinstance(upstream, paramiko.Channel):
+        return None
+    browser_reader = getattr(upstream.get_transport(), "browser_reader", None)
+    return None if browser_reader is None else browser_reader(errors, spawn)
 
 
 def _why(exc: OSError, timeout: float) -> str:

@@ -25,6 +25,8 @@ from sshd_fixture import Sshd, free_port, openssh_fingerprint
 from hpcnb.errors import ConnectionLost, HostKeyError, SSHError, TunnelError
 from hpcnb.ssh import SSHRemote, feed
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
+from hpcnb.ssh.safe_channels import OpenDone
+from hpcnb.ssh.transport import reader_for
 from hpcnb.tunnel import Tunnel
 
 BLOB = random.Random(1).randbytes(64 * 1024 * 1024)
@@ -244,25 +246,35 @@ def test_open_unix_direct_streamlocal(sshd: Sshd, remote: SSHRemote) -> None:
 # --- Tunnel ----------------------------------------------------------------------------------
 class Opener:
     """An opener as hpcnb.ssh.openers.NotebookRoute is one: paramiko's errors declared and, with
-    feed, the replies written to the browser by paramiko's thread (hpcnb.ssh.feed)."""
+    "transport" (NotebookRoute's own way), channels opened without a thread waiting (open_soon),
+    the replies written to the browser by paramiko's thread (hpcnb.ssh.feed) and the requests read
+    there too (SSHTransport.browser_reader); with "feed" the channels opened by a waiting worker and
+    the requests read by the tunnel's reader thread; with "pumps" neither."""
 
     errors = RETRYABLE
 
     def __init__(self, remote: SSHRemote, port: int, delivery: str) -> None:
         self.remote, self.port = remote, port
-        self.deliver = feed.deliver if delivery == "feed" else None
+        self.deliver = feed.deliver if delivery in ("transport", "feed") else None
+        self.read_by = reader_for if delivery == "transport" else None
+        if delivery != "transport":
+            self.open_soon = None
 
     def __call__(self) -> paramiko.Channel:
         return self.remote.open_tcp("127.0.0.1", self.port)
 
+    def open_soon(self, done: OpenDone) -> bool:  # NotebookRoute.open_soon's way
+        return self.remote.transport.open_channel_soon(
+            "direct-tcpip", ("127.0.0.1", self.port, "127.0.0.1", 0), done)
 
-@pytest.fixture(params=["feed", "pumps"])
+
+@pytest.fixture(params=["transport", "feed", "pumps"])
 def delivery(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @contextlib.contextmanager
-def tunnel_to(remote: SSHRemote, port: int, delivery: str = "feed") -> Iterator[Tunnel]:
+def tunnel_to(remote: SSHRemote, port: int, delivery: str = "transport") -> Iterator[Tunnel]:
     tunnel = Tunnel(Opener(remote, port, delivery))
     tunnel.serve_in_thread()
     try:
@@ -350,6 +362,59 @@ def test_a_nested_hop_lost_mid_download_ends_the_browsers_connection(sshd: Sshd,
                         pass
         finally:
             remote.close()
+
+
+def open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_the_logins_own_thread_reads_the_browsers_and_its_end_lets_them_go(sshd: Sshd,
+                                                                             http_port: int) -> None:
+    """Direct mode: no reader thread; the login's transport thread reads the browsers' requests.
+    When that login is lost, a browser's idle keep-alive connection ends (no hang, no fd left)."""
+    remote = login(sshd)
+    try:
+        with tunnel_to(remote, http_port) as tunnel:
+            with ThreadPoolExecutor(16) as pool:
+                bodies = list(pool.map(lambda i: http_get(tunnel.port, f"/r{i}"), range(64)))
+            assert bodies == [f"hello /r{i}".encode() for i in range(64)]
+            assert "tunnel-reader" not in {t.name for t in threading.enumerate()}
+            assert remote.transport._reader is not None
+            fds = open_fds()
+            idle = [socket.create_connection(("127.0.0.1", tunnel.port), timeout=20) for _ in range(3)]
+            for sock in idle:
+                sock.sendall(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.")
+            remote.transport.close()  # its thread ends: the reader it served lets every connection go
+            for sock in idle:
+                with contextlib.suppress(ConnectionResetError), sock:
+                    while sock.recv(4096):  # socket.timeout here: the connection hung
+                        pass
+            deadline = time.monotonic() + 5
+            while (tunnel.connections or open_fds() > fds) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert tunnel.connections == 0
+            assert open_fds() <= fds  # the tunnel's ends of them are closed too
+    finally:
+        remote.close()
+
+
+def test_a_refused_far_end_ends_the_browsers_connection_and_says_why(remote: SSHRemote,
+                                                                      delivery: str) -> None:
+    messages: list[str] = []
+    tunnel = Tunnel(Opener(remote, free_port(), delivery), notify=messages.append)
+    tunnel.serve_in_thread()
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", tunnel.port), timeout=10) as sock, \
+                    contextlib.suppress(ConnectionResetError):
+                assert sock.recv(10) == b""
+        assert len(messages) == 3, messages
+        assert all("cannot open the tunnel's far end" in m and "Connect failed" in m for m in messages)
+        assert remote.is_alive() and tunnel.connections == 0
+    finally:
+        tunnel.stop()
 
 
 def test_tunnel_browser_reset_mid_download_closes_only_its_channel(remote: SSHRemote,
@@ -470,10 +535,18 @@ def test_tunnel_survives_rekeys_while_far_ends_close(remote: SSHRemote, http_por
             sock.shutdown(socket.SHUT_WR)
             return sock.recv(4096)
 
+    def upload(port: int) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(BLOB)  # read by the transport's thread, which holds back during each rekey
+            sock.shutdown(socket.SHUT_WR)
+            return sock.recv(4096).decode()
+
     with tunnel_to(remote, http_port) as down, tunnel_to(remote, sha_port) as up, \
-            ThreadPoolExecutor(9) as pool:
+            ThreadPoolExecutor(10) as pool:
         blob = pool.submit(http_get, down.port, "/blob")
+        uploaded = pool.submit(upload, up.port)
         answers = list(pool.map(lambda _: closes_after_our_eof(up.port), range(300)))
         assert hashlib.sha256(blob.result()).hexdigest() == BLOB_SHA
+        assert uploaded.result() == f"{len(BLOB)} {BLOB_SHA}"
     assert set(answers) == {f"1 {hashlib.sha256(b'x').hexdigest()}".encode()}
     assert remote.transport.is_active()

@@ -1,4 +1,5 @@
-"""Many threads on one login (a real sshd on loopback): refused opens, commands ending at once.
+"""Many threads on one login (a real sshd on loopback): refused opens, commands ending at once,
+opens answered by a callback.
 
 paramiko hands a refusal to the waiting thread through one transport-wide slot; under concurrent
 refusals a thread found it empty and read "Unable to open channel.", which hpcnb took for a dead
@@ -7,10 +8,14 @@ login (hpcnb.ssh.transport, SSHTransport.open_channel).
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import paramiko
 import pytest
+from paramiko.common import MSG_CHANNEL_OPEN_SUCCESS
 from sshd_fixture import FEW_SESSIONS, FEW_SESSIONS_ADDR, Sshd, free_port
 
 from hpcnb.errors import SSHError
@@ -91,3 +96,70 @@ def test_a_command_that_waited_for_a_session_gets_its_whole_timeout(sshd: Sshd) 
             assert all(h.result().exit_status == 0 for h in holders)
     finally:
         remote.close()
+
+
+# --- a channel opened without a waiting thread (SSHTransport.open_channel_soon) ---------------
+class Answers:
+    """open_channel_soon's callbacks: each answer, and the thread it came in."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[object, BaseException | None, str]] = []
+        self.all_in = threading.Event()
+        self.expected = 0
+
+    def done(self, chan: object, error: BaseException | None) -> None:
+        self.got.append((chan, error, threading.current_thread().name))
+        if len(self.got) == self.expected:
+            self.all_in.set()
+
+
+def test_opens_answered_in_paramikos_thread_each_once(sshd: Sshd) -> None:
+    """Opened and refused opens mixed, from many threads: each callback once, with its own answer
+    (a refusal is that open's, as for open_channel), in paramiko's thread; the login lives."""
+    remote = login(sshd)
+    closed = free_port()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        listening = server.getsockname()[1]
+        answers = [Answers() for _ in range(64)]
+        for a in answers:
+            a.expected = 1
+
+        def open_one(i: int) -> bool:
+            port = listening if i % 2 else closed
+            return remote.transport.open_channel_soon(
+                "direct-tcpip", ("127.0.0.1", port, "127.0.0.1", 0), answers[i].done)
+
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                assert all(pool.map(open_one, range(64)))
+            for i, a in enumerate(answers):
+                assert a.all_in.wait(10)
+                [(chan, error, thread)] = a.got
+                assert thread == remote.transport.name  # paramiko's own thread
+                if i % 2:
+                    assert error is None and isinstance(chan, paramiko.Channel) and chan.active
+                    chan.close()
+                else:
+                    assert chan is None and isinstance(error, paramiko.ChannelException)
+                    assert "Connect failed" in str(error)
+            assert remote.is_alive()
+        finally:
+            remote.close()
+
+
+def test_an_open_unanswered_when_the_login_ends_is_told_so(sshd: Sshd) -> None:
+    remote = login(sshd)
+    transport = remote.transport
+    transport._handler_table[MSG_CHANNEL_OPEN_SUCCESS] = lambda _m: None  # the answer never comes
+    answers = Answers()
+    answers.expected = 1
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert transport.open_channel_soon(
+            "direct-tcpip", ("127.0.0.1", server.getsockname()[1], "127.0.0.1", 0), answers.done)
+        time.sleep(0.3)
+        assert not answers.got
+        remote.close()
+        assert answers.all_in.wait(10)
+    [(chan, error, _)] = answers.got
+    assert chan is None and "connection lost" in str(error)
+    assert not transport.open_channel_soon("direct-tcpip", ("127.0.0.1", 1, "127.0.0.1", 0), answers.done)
