@@ -128,6 +128,17 @@ def cpu_ms(pid: int) -> float:
     return total / 1e6
 
 
+def switches(pid: int) -> int:
+    """Context switches of every live thread of pid, voluntary and not."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches" in line:
+                    total += int(line.split()[1])
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("trees", nargs=2)
@@ -157,17 +168,20 @@ def main() -> None:
                 tunnels[name] = (int(port), int(pid))
             cpu: dict[str, list[float]] = {"A": [], "B": []}
             wall: dict[str, list[float]] = {"A": [], "B": []}
+            sw: dict[str, list[float]] = {"A": [], "B": []}
             for port, _ in tunnels.values():
                 load(port)  # warm up
             for i in range(args.rounds):
                 for name in ("AB" if i % 2 == 0 else "BA"):
                     port, pid = tunnels[name]
-                    before = cpu_ms(pid)
+                    before, before_sw = cpu_ms(pid), switches(pid)
                     wall[name].append(load(port) * 1000)
                     cpu[name].append(cpu_ms(pid) - before)
+                    sw[name].append(switches(pid) - before_sw)
             for name, tree in zip("AB", args.trees, strict=True):
                 print(f"{name} {tree}: tunnel CPU ms/load median {statistics.median(cpu[name]):.0f} "
-                      f"(min {min(cpu[name]):.0f}), wall ms median {statistics.median(wall[name]):.0f}")
+                      f"(min {min(cpu[name]):.0f}), wall ms median {statistics.median(wall[name]):.0f}, "
+                      f"context switches median {statistics.median(sw[name]):.0f}")
     finally:
         for proc in procs:
             proc.kill()

@@ -321,8 +321,12 @@ class Tunnel:
             return
         client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.open_soon is not None and self.open_soon(functools.partial(self._opened, client)):
-            return  # no thread waits for the far end's answer
+        if self.open_soon is not None:
+            try:
+                if self.open_soon(functools.partial(self._opened, client)):
+                    return  # no thread waits for the far end's answer
+            except self.errors:
+                pass  # the connection failed as it sent: the way that waits reconnects, or says why
         WORKERS.run(self._handle, client)
 
     def _opened(self, client: socket.socket, upstream: Upstream | None, error: BaseException | None) -> None:

@@ -73,9 +73,11 @@ Spawn = Callable[..., None]  # spawn(fn, *args): fn(*args) in a worker thread
 class SocketFeed:
     """A ChannelSink that writes to a socket. No thread waits on it: paramiko's thread sends what
     the socket takes at once, and a writer is started (`spawn`) only for what it could not take.
-    `done(error)` runs once, in a worker thread: after EOF, when the socket has every byte (error
-    None), or when the socket failed (a browser that went away). Never in paramiko's thread: it
-    calls close() holding the channel's lock, and done closes the channel."""
+    `done(error)` runs once: after EOF, when the socket has every byte (error None), or when the
+    socket failed (a browser that went away). Never inside a handler of paramiko's thread: that
+    calls close() holding the channel's lock, and done closes the channel. So from paramiko's
+    thread it runs once that packet is handled (SSHTransport.between_packets), elsewhere or where
+    that cannot be in a worker thread."""
 
     def __init__(self, chan: paramiko.Channel, sock: socket.socket, done: Done, spawn: Spawn) -> None:
         self._chan = chan
@@ -88,6 +90,8 @@ class SocketFeed:
         self._eof = False
         self._finished = False
         self._received = 0  # bytes fed: past PACE_AFTER, a stream of full packets is paced
+        self._between_packets: Callable[..., bool] = getattr(
+            chan.transport, "between_packets", _not_here)
 
     def feed(self, data: bytes) -> None:
         sent, failed, start_writer = 0, None, False
@@ -169,6 +173,8 @@ class SocketFeed:
             if self._finished:
                 return
             self._finished = True
+        if run is self._spawn and self._between_packets(self._done, error):
+            return  # paramiko's thread calls it after this packet: no worker woken for it
         run(self._done, error)
 
     # What else paramiko asks of an in_buffer: Channel.recv_ready and Channel.__repr__.
@@ -177,6 +183,10 @@ class SocketFeed:
 
     def __len__(self) -> int:
         return 0
+
+
+def _not_here(_fn: Callable[..., object], *_args: object) -> bool:
+    return False
 
 
 def _call(fn: Callable[..., None], *args: object) -> None:

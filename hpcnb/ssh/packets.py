@@ -20,8 +20,10 @@ not, hpcnb uses paramiko's Packetizer as it is.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from paramiko.message import Message
@@ -68,6 +70,23 @@ class GcmPacketizer(Packetizer):
         self._pool = b""  # random bytes for padding: self._pool[self._pool_pos:] are unused
         self._pool_pos = 0
         self._driven: tuple[select.poll, int, Side] | None = None  # see drive()
+        self._between: list[tuple[Callable[..., object], tuple[object, ...]]] = []  # see call_between
+
+    def call_between(self, fn: Callable[..., object], *args: object) -> None:
+        """fn(*args) in the reading thread once the packet it is handling now is handled (no lock of
+        paramiko's held then), before the next is read: for work that must not run inside a
+        handler, without handing it to another thread. Only the reading thread may call this."""
+        self._between.append((fn, args))
+
+    def run_between(self) -> None:
+        """What call_between queued (also at the transport's end). A failure is logged, never raised:
+        it would end the connection."""
+        while self._between:
+            fn, args = self._between.pop(0)
+            try:
+                fn(*args)
+            except Exception:
+                logging.getLogger(__name__).exception("a call between packets failed")
 
     def drive(self, side: Side) -> None:
         """From now on, while this packetizer waits for its socket (in the transport's thread), it
@@ -87,6 +106,8 @@ class GcmPacketizer(Packetizer):
                     and not self._Packetizer__dump_packets)
 
     def read_message(self) -> tuple[int, Message]:
+        if self._between:
+            self.run_between()
         if not self._fast_in():
             if self._pos < len(self._buf):  # paramiko's read_all takes its remainder first
                 self._Packetizer__remainder += self._buf[self._pos:]

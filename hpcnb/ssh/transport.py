@@ -128,10 +128,22 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
                 self.global_request("keepalive@lag.net", wait=False)
             return self._reader
 
+    def between_packets(self, fn: Callable[..., object], *args: object) -> bool:
+        """Call fn(*args) in this transport's thread after the packet it is handling (no channel's
+        lock held): True if it will be; False when called from another thread, or when this
+        transport reads with paramiko's own Packetizer (then the caller hands fn to a worker)."""
+        packetizer = self.packetizer
+        if threading.current_thread() is not self or not isinstance(packetizer, GcmPacketizer):
+            return False
+        packetizer.call_between(fn, *args)
+        return True
+
     def run(self) -> None:
         try:
             super().run()
         finally:
+            if isinstance(self.packetizer, GcmPacketizer):
+                self.packetizer.run_between()  # what the end queued: each channel's done
             with self._reader_lock:
                 self._run_ended, reader = True, self._reader
             if reader is not None:

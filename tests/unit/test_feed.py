@@ -14,7 +14,8 @@ from hpcnb.ssh.feed import SocketFeed
 
 
 class _Credits:
-    """What SocketFeed asks of a Channel: _check_add_window, remote_chanid, transport."""
+    """What SocketFeed asks of a Channel: _check_add_window, remote_chanid, transport (here, one
+    without between_packets: done comes in a worker)."""
 
     remote_chanid = 7
 

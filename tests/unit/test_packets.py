@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -174,3 +175,62 @@ def test_a_full_socket_is_waited_for(pair: tuple[socket.socket, socket.socket]) 
 
 def test_this_paramiko_fits() -> None:
     assert packets.fits() and PACKETIZER is GcmPacketizer
+
+
+class _Side:
+    """A side whose work is a socket to drain (packets.Side)."""
+
+    def __init__(self, wanted: bool = True) -> None:
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.served: list[bytes] = []
+        self.is_wanted = wanted
+
+    def fileno(self) -> int:
+        return self.r.fileno()
+
+    def wanted(self) -> bool:
+        return self.is_wanted
+
+    def service(self) -> None:
+        self.served.append(self.r.recv(4096))
+
+
+def test_a_driven_reader_serves_its_side_while_it_waits(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    w, r = _gcm(Packetizer(a)), _gcm(GcmPacketizer(b))
+    side = _Side()
+    r.drive(side)
+    got: list[int] = []
+    reading = threading.Thread(target=lambda: got.append(r.read_message()[1].get_int()))
+    reading.start()
+    side.w.send(b"request")  # served by the thread that waits for a packet, before any packet
+    deadline = time.monotonic() + 5
+    while not side.served and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert side.served == [b"request"] and not got
+    w.send_message(_message(7, 10))
+    reading.join(5)
+    assert got == [7]
+    side.is_wanted = False  # a key exchange: the side waits, the packets do not
+    side.w.send(b"later")
+    w.send_message(_message(8, 10))
+    assert r.read_message()[1].get_int() == 8 and side.served == [b"request"]
+
+
+def test_calls_between_packets_run_in_order_before_the_next_read(
+        pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture) -> None:
+    a, b = pair
+    w, r = _gcm(Packetizer(a)), _gcm(GcmPacketizer(b))
+    calls: list[object] = []
+    for i in range(3):
+        w.send_message(_message(i, 10))
+    assert r.read_message()[1].get_int() == 0
+    r.call_between(calls.append, "first")
+    r.call_between(lambda: 1 / 0)  # a bug: logged, the connection goes on
+    r.call_between(calls.append, "second")
+    assert not calls
+    assert r.read_message()[1].get_int() == 1
+    assert calls == ["first", "second"]
+    assert "a call between packets failed" in caplog.text
+    assert r.read_message()[1].get_int() == 2 and calls == ["first", "second"]
