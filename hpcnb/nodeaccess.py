@@ -123,6 +123,9 @@ def step_in(cluster: Any, job_id: str, command: tuple[str, ...]) -> int | list[s
     if cluster.openssh:
         remote.ensure_master()
         return [remote.ssh, *remote.options, "-t" if pty else "-T", "--", remote.host, line]
-    status = remote.run_terminal(line, pty) if cluster.kept else \
-        terminal.run_on_channel(remote.login().transport, line, pty)
+    if cluster.kept:
+        status = remote.run_terminal(line, pty)
+    else:  # a session of the login's, waited for when sshd's MaxSessions is reached (hpcnb.ssh.sessions)
+        with remote.login().session(line) as chan:
+            status = terminal.run_on_channel(chan, line, pty)
     return 255 if status < 0 else status  # no status: the channel closed first (ssh says 255)

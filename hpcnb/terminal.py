@@ -90,14 +90,11 @@ def join(far: End, pty: Pty | None, on_resize: Callable[[int, int], None]) -> No
     sys.stdout.flush()
 
 
-def run_on_channel(transport: Any, command: str, pty: Pty | None) -> int:
-    """COMMAND (one shell line) on a new session channel of a paramiko transport; its status."""
-    chan = transport.open_session(timeout=30)
-    try:
-        if pty is not None:
-            chan.get_pty(term=pty.term, width=pty.cols, height=pty.rows)
-        chan.exec_command(command)
-        join(chan, pty, lambda cols, rows: chan.resize_pty(width=cols, height=rows))
-        return int(chan.recv_exit_status())
-    finally:
-        chan.close()
+def run_on_channel(chan: Any, command: str, pty: Pty | None) -> int:
+    """COMMAND (one shell line) on a new session channel (paramiko's; its opener closes it); its
+    status."""
+    if pty is not None:
+        chan.get_pty(term=pty.term, width=pty.cols, height=pty.rows)
+    chan.exec_command(command)
+    join(chan, pty, lambda cols, rows: chan.resize_pty(width=cols, height=rows))
+    return int(chan.recv_exit_status())

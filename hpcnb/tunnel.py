@@ -6,7 +6,7 @@ Each browser connection gets its own upstream (a paramiko Channel or a plain soc
 cannot wait, by a worker otherwise. The replies: over SSH paramiko's own thread writes them to the
 browser and a worker writes only what the browser could not take at once, and the end
 (hpcnb.ssh.feed); from a plain socket, a pump thread per connection (threads kept for the next
-connection, _Workers). Why not a selector for the replies too: measured with
+connection, hpcnb.workers). Why not a selector for the replies too: measured with
 bench/tunnel_loopback.py (256 MiB over loopback sshd, 2 CPUs, best of 3, noisy +-40%), a
 single-threaded selector pump was no faster per stream (down 330-700 vs 310-780 MiB/s, up 440-530
 vs 410-590), while a Channel.sendall waiting for SSH window space (or a slow browser) in a
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import queue
 import selectors
 import socket
 import threading
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 from hpcnb.browser_reader import MSG_DONTWAIT, SOCKET_READ, BrowserReader
 from hpcnb.errors import HpcnbError, TunnelError
 from hpcnb.net import CHANNEL_READ
+from hpcnb.workers import WORKERS
 
 # After a channel read of at least a full SSH packet (a download is streaming), pause this long
 # before the next read so several packets are handed over per wake-up instead of one: fewer GIL
@@ -49,7 +49,8 @@ Notify = Callable[[str], None]
 Deliver = Callable[
     [object, socket.socket, Callable[[BaseException | None], None], Callable[..., None]], bool]
 # An opener's optional `open_soon(done)`: start opening an upstream and return True at once (False:
-# it cannot now, call the opener); done(upstream, None) or done(None, error) follows, once.
+# it cannot now, call the opener); done(upstream, None), done(None, why it cannot be opened) or
+# done(None, None) (the connection was lost: call the opener, which reconnects) follows, once.
 OpenSoon = Callable[[Callable[[Any, BaseException | None], None]], bool]
 # An opener's optional `read_by(upstream, errors, spawn)`: a reader, not the tunnel's own, for what
 # the browser sends on a connection to that upstream (an SSH transport's thread), or None.
@@ -73,52 +74,6 @@ def _ignore(_message: str) -> None:
     return None
 
 
-# How long a pump thread with nothing to do waits for the next connection before it ends.
-WORKER_IDLE_S = 60.0
-
-
-class _Workers:
-    """Threads kept for the next connection's pumps instead of two new threads per connection.
-
-    Starting and ending a thread costs ~0.15 ms of CPU here, and a connection needs two: with paramiko's
-    channel open (0.45 ms) and close (0.3-0.4 ms) that was most of the 1.3 ms a connection cost. A
-    JupyterLab load over 100 new connections (bench/run.py, 313 requests): CPU of the tunnel 0.24 ->
-    0.18 s on a loopback sshd (medians of 14), 0.22-0.27 -> 0.17-0.19 s on the testbed (5 rounds).
-    No cap: every open connection holds its two pumps (a websocket for hours), so a cap would refuse
-    connections; an idle worker ends after WORKER_IDLE_S.
-    """
-
-    def __init__(self, idle_s: float = WORKER_IDLE_S) -> None:
-        self.idle_s = idle_s
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0  # workers waiting for a job that no queued job has claimed yet
-
-    def run(self, fn: Callable[..., object], *args: object) -> None:
-        """Call fn(*args) in a worker thread: an idle one, or a new one if none is idle."""
-        self._jobs.put((fn, args))
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1  # one waiting worker will take it
-                return
-        threading.Thread(target=self._work, name="tunnel-pump", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            try:
-                fn, args = self._jobs.get(timeout=self.idle_s)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle > 0:  # not claimed meanwhile: leave
-                        self._idle -= 1
-                        return
-                continue  # run() counted on this worker for a job just queued: take it
-            fn(*args)
-            with self._lock:
-                self._idle += 1
-
-
-WORKERS = _Workers()
 
 
 class _Pipe:
@@ -143,8 +98,8 @@ class _Pipe:
         deliver = self.tunnel.deliver
         if deliver is None or not deliver(self.upstream, self.client, self._delivered, WORKERS.run):
             WORKERS.run(self._direction, lambda: self._copy(self.upstream, self.client), self.client)
-        if reader is None:
-            self._direction(lambda: self._copy(self.client, self.upstream), self.upstream)
+        if reader is None:  # a thread of its own (never the caller's: it may be paramiko's)
+            WORKERS.run(self._direction, lambda: self._copy(self.client, self.upstream), self.upstream)
         else:
             reader.add(self)
 
@@ -237,7 +192,9 @@ class Tunnel:
         self.errors: tuple[type[BaseException], ...] = getattr(open_upstream, "errors", UPSTREAM_ERRORS)
         self.deliver: Deliver | None = getattr(open_upstream, "deliver", None)
         self.read_by: ReadBy | None = getattr(open_upstream, "read_by", None)
-        self.open_soon: OpenSoon | None = getattr(open_upstream, "open_soon", None)
+        # Without MSG_DONTWAIT (Windows) every connection has pump threads: an open's answer
+        # would only be handed to one.
+        self.open_soon: OpenSoon | None = getattr(open_upstream, "open_soon", None) if MSG_DONTWAIT else None
         self.host = "127.0.0.1"
         self.port = port
         self.notify = notify or _ignore
@@ -330,13 +287,20 @@ class Tunnel:
         WORKERS.run(self._handle, client)
 
     def _opened(self, client: socket.socket, upstream: Upstream | None, error: BaseException | None) -> None:
-        """open_soon's answer (from the opener's thread)."""
-        if upstream is None:
-            # Refused, or the connection was lost meanwhile: the way that waits says why, or
-            # reconnects (a refusal is asked again: rare, and never worse than before).
+        """open_soon's answer, in the opener's thread (paramiko's: nothing here may block)."""
+        if upstream is not None:
+            try:
+                self._pipe(client, upstream)
+            except BaseException:
+                for end in (client, upstream):  # a bug (raised): the browser is not left hanging
+                    with contextlib.suppress(*self.errors):
+                        end.close()
+                raise
+        elif error is None:  # the connection was lost meanwhile: the way that waits reconnects
             WORKERS.run(self._handle, client)
-            return
-        self._pipe(client, upstream)
+        else:
+            self.notify(f"cannot open the tunnel's far end: {error}")
+            client.close()
 
     def _handle(self, client: socket.socket) -> None:
         try:
@@ -353,10 +317,12 @@ class Tunnel:
                 upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pipe = _Pipe(client, upstream, self)
         with self._lock:
-            if self._stopped.is_set():
-                pipe.close()
-                return
-            self._pipes.add(pipe)
+            stopped = self._stopped.is_set()
+            if not stopped:
+                self._pipes.add(pipe)
+        if stopped:
+            pipe.close()  # outside the lock: close() takes it (_forget)
+            return
         pipe.start()
 
     def _forget(self, pipe: _Pipe) -> None:

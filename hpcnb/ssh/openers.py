@@ -15,12 +15,21 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import paramiko
+
 from hpcnb.errors import HpcnbError
 from hpcnb.ssh import feed
+from hpcnb.ssh.opens import OpenDone
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.ssh.remote import SSHRemote
-from hpcnb.ssh.safe_channels import OpenDone
-from hpcnb.ssh.transport import STREAMLOCAL, TUNNEL_WINDOW_SIZE, SSHTransport, reader_for
+from hpcnb.ssh.transport import (
+    STREAMLOCAL,
+    STREAMLOCAL_HINT,
+    TUNNEL_WINDOW_SIZE,
+    SSHTransport,
+    open_refused,
+    reader_for,
+)
 from hpcnb.tunnel import Notify, Upstream
 
 MODES = ("direct", "node-ssh", "socket")
@@ -94,21 +103,32 @@ class NotebookRoute:
         return self._upstream()
 
     def open_soon(self, done: OpenDone) -> bool:
-        """Open a channel as __call__ does, without waiting: done(channel, None) or done(None,
-        error) comes from paramiko's thread (SSHTransport.open_channel_soon). False when the
-        connection is not known to be alive: then __call__ (which reconnects) is the way."""
+        """Open a channel as __call__ does, without a thread waiting for it (hpcnb.tunnel's
+        OpenSoon): done(channel, None), done(None, SSHError) when the far end cannot be reached,
+        done(None, None) when the connection was lost meanwhile, from paramiko's thread
+        (SSHTransport.open_channel_soon). False when the connection is not known to be alive: then
+        __call__ (which reconnects) is the way."""
         conn = self._upstream.connection
         transport = None if conn is None else conn.transport
-        if not isinstance(transport, SSHTransport) or not transport.is_active():
+        if conn is None or not isinstance(transport, SSHTransport) or not transport.is_active():
             return False
         t = self.target
         if t.mode == "socket":
             assert t.socket is not None
             kind, fields = STREAMLOCAL, (t.socket, "", 0)  # OpenSSH PROTOCOL 2.4 (SSHTransport)
+            what, hint = f"unix socket {t.socket}", STREAMLOCAL_HINT
         else:
             host = "127.0.0.1" if t.mode == "node-ssh" else str(t.host)
             kind, fields = "direct-tcpip", (host, int(t.port or 0), "127.0.0.1", 0)
-        return transport.open_channel_soon(kind, fields, done, window_size=TUNNEL_WINDOW_SIZE)
+            what, hint = f"a connection to {host} port {t.port}", None
+
+        def answered(chan: paramiko.Channel | None, error: BaseException | None) -> None:
+            if chan is not None or not transport.is_active():
+                done(chan, None)  # open, or lost: __call__ reconnects
+            else:
+                done(None, open_refused(conn.host, what, error, hint))
+
+        return transport.open_channel_soon(kind, fields, answered, window_size=TUNNEL_WINDOW_SIZE)
 
     def login(self) -> SSHRemote | None:
         """The live login connection (to read the job's files over), None while reconnecting: the

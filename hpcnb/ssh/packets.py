@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import select
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -70,7 +71,7 @@ class GcmPacketizer(Packetizer):
         self._pool = b""  # random bytes for padding: self._pool[self._pool_pos:] are unused
         self._pool_pos = 0
         self._driven: tuple[select.poll, int, Side] | None = None  # see drive()
-        self._between: list[tuple[Callable[..., object], tuple[object, ...]]] = []  # see call_between
+        self._between: deque[tuple[Callable[..., object], tuple[object, ...]]] = deque()  # call_between
 
     def call_between(self, fn: Callable[..., object], *args: object) -> None:
         """fn(*args) in the reading thread once the packet it is handling now is handled (no lock of
@@ -82,7 +83,7 @@ class GcmPacketizer(Packetizer):
         """What call_between queued (also at the transport's end). A failure is logged, never raised:
         it would end the connection."""
         while self._between:
-            fn, args = self._between.pop(0)
+            fn, args = self._between.popleft()
             try:
                 fn(*args)
             except Exception:
@@ -203,10 +204,13 @@ class GcmPacketizer(Packetizer):
         for fd, _ in poller.poll(None if timeout is None else timeout * 1000):
             if fd == side_fd:
                 side.service()
+                self.run_between()  # what it queued (a connection's end): now, not after a packet
             else:
                 readable = True  # or an error (POLLHUP, POLLNVAL): recv says which
         if not readable:
-            self._waited(before_packet)  # closed, a rekey due, a keepalive due: as after a timeout
+            # No packet yet, as after a socket timeout (also when the side was served): end if
+            # closed, make way for a rekey, send a keepalive when one is due.
+            self._waited(before_packet)
         return readable
 
     def _waited(self, before_packet: bool) -> None:

@@ -22,7 +22,16 @@ from hpcnb.remote import CommandResult, logged, shell_command
 from hpcnb.ssh import auth, hostkeys, route
 from hpcnb.ssh.links import Link, open_route
 from hpcnb.ssh.sessions import SessionSlots
-from hpcnb.ssh.transport import MAX_PACKET_SIZE, WINDOW_SIZE, Login, SSHTransport, open_tcp, open_transport
+from hpcnb.ssh.transport import (
+    MAX_PACKET_SIZE,
+    STREAMLOCAL_HINT,
+    WINDOW_SIZE,
+    Login,
+    SSHTransport,
+    open_refused,
+    open_tcp,
+    open_transport,
+)
 
 # paramiko errors that mean the connection (not our request) failed.
 CONNECTION_ERRORS = (paramiko.SSHException, EOFError, OSError)
@@ -184,10 +193,7 @@ class SSHRemote:
         try:
             return transport.open_streamlocal(path, timeout=timeout, window_size=window_size)
         except paramiko.ChannelException as exc:
-            raise SSHError(
-                f"{self.host} could not open unix socket {path}: {exc.text}",
-                hint="the server needs AllowStreamLocalForwarding yes and the socket must exist",
-            ) from exc
+            raise open_refused(self.host, f"unix socket {path}", exc, STREAMLOCAL_HINT) from exc
         except CONNECTION_ERRORS as exc:
             raise SSHError(f"connection to {self.host} lost: {exc or type(exc).__name__}") from exc
 

@@ -24,23 +24,15 @@ was gone within seconds, every time):
    is 10 by default) one thread took the other's and the other found the slot empty:
    SSHException("Unable to open channel."), which reads as a dead connection.
 
-3. A channel can be opened without a thread waiting for the answer (open_channel_soon): the
-   answer is handed to a callback in paramiko's thread. A tunnel opens a channel per browser
-   connection; with paramiko's open_channel a worker thread sent the open and slept until
-   paramiko's thread woke it with the answer: two hand-overs between threads per connection.
-
-All hook private methods that paramiko 3.4 through 5.x keep unchanged: _send_message (every
+Both hook private methods that paramiko 3.4 through 5.x keep unchanged: _send_message (every
 packet after authentication goes through it), _next_channel (open_channel's, in the asking
-thread), and the handlers paramiko's thread calls through its per-instance table; (3) does what
-open_channel does before it waits (transport.py, the same names in 3.4 and 5.1).
+thread), and the handlers paramiko's thread calls through its per-instance table.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import paramiko
@@ -54,12 +46,9 @@ from paramiko.common import (
     MSG_CHANNEL_REQUEST,
     MSG_CHANNEL_SUCCESS,
     MSG_CHANNEL_WINDOW_ADJUST,
-    cMSG_CHANNEL_OPEN,
 )
 from paramiko.message import Message
 
-# open_channel_soon's callback: (the open channel, None) or (None, why it is not open).
-OpenDone = Callable[[paramiko.Channel | None, BaseException | None], None]
 CLOSED_PRUNE_AT = 4096  # closed ids kept before the old ones are dropped
 CLOSED_KEPT_S = 60.0
 
@@ -84,10 +73,6 @@ class ThreadSafeChannels(paramiko.Transport):
         self._closed_ids: dict[int, float] = {}
         self._refusals: dict[int, paramiko.ChannelException] = {}
         self._waiting: set[int] = set()  # our ids of opens a thread still waits for
-        # Our ids of opens answered by a callback, with their channel: paramiko's channel map holds
-        # channels weakly (ChannelMap), and no thread's stack holds this one until the answer.
-        self._soon: dict[int, tuple[paramiko.Channel, OpenDone]] = {}
-        self._soon_ended = False  # run() has ended: no more opens are answered
 
     # --- 1. nothing after CLOSE ---------------------------------------------------------------
     def _send_message(self, data: Message) -> None:
@@ -113,12 +98,10 @@ class ThreadSafeChannels(paramiko.Transport):
 
     def _parse_channel_open_success(self, m: Message) -> None:
         at = m.packet.tell()
-        chanid = m.get_int()
+        m.get_int()  # our id
         self._closed_ids.pop(m.get_int(), None)  # the server's id, now a new channel's
         m.packet.seek(at)
         super()._parse_channel_open_success(m)
-        if chanid in self._soon:
-            self._answer(chanid, None)
 
     # --- 2. each refusal to its asker ----------------------------------------------------------
     def open_channel(self, *args: Any, **kwargs: Any) -> paramiko.Channel:
@@ -144,71 +127,7 @@ class ThreadSafeChannels(paramiko.Transport):
         at = m.packet.tell()
         chanid, reason = m.get_int(), m.get_int()
         m.packet.seek(at)
-        refusal = paramiko.ChannelException(reason, CONNECTION_FAILED_CODE.get(reason, "(unknown code)"))
         if chanid in self._waiting:  # a thread still waits for it (not one that timed out)
-            self._refusals[chanid] = refusal
+            self._refusals[chanid] = paramiko.ChannelException(
+                reason, CONNECTION_FAILED_CODE.get(reason, "(unknown code)"))
         super()._parse_channel_open_failure(m)
-        if chanid in self._soon:
-            self._answer(chanid, refusal)
-
-    # --- 3. an open answered by a callback -------------------------------------------------------
-    def open_channel_soon(self, kind: str, fields: tuple[str | int, ...], done: OpenDone, *,
-                          window_size: int | None = None) -> bool:
-        """Send CHANNEL_OPEN for `kind` with its type-specific `fields` (RFC 4254 section 7.2:
-        direct-tcpip's host, port, originator's host, port) and return at once. done(channel,
-        None) or done(None, error) is then called once, in paramiko's thread: the server's answer,
-        or the connection's end. False (and done never called) when the connection has ended."""
-        with self.lock:  # as open_channel (paramiko transport.py) does before it waits
-            if not self.active or self._soon_ended:
-                return False
-            window_size = self._sanitize_window_size(window_size)
-            max_packet_size = self._sanitize_packet_size(None)
-            chanid = super()._next_channel()  # paramiko's: no thread waits for this one (_waiting)
-            m = Message()
-            m.add_byte(cMSG_CHANNEL_OPEN)
-            m.add_string(kind)
-            for value in (chanid, window_size, max_packet_size, *fields):
-                if isinstance(value, int):
-                    m.add_int(value)
-                else:
-                    m.add_string(value)
-            chan = paramiko.Channel(chanid)
-            self._channels.put(chanid, chan)
-            self.channel_events[chanid] = threading.Event()  # paramiko sets and drops it on the answer
-            self.channels_seen[chanid] = True
-            chan._set_transport(self)
-            chan._set_window(window_size, max_packet_size)
-            self._soon[chanid] = (chan, done)
-        try:
-            self._send_user_message(m)
-        except BaseException:
-            with self.lock:
-                self._soon.pop(chanid, None)
-                self._channels.delete(chanid)
-                self.channel_events.pop(chanid, None)
-            raise
-        return True
-
-    def _answer(self, chanid: int, error: BaseException | None) -> None:
-        """Call the open's callback: with its channel, open, when error is None."""
-        with self.lock:
-            chan, done = self._soon.pop(chanid, (None, None))
-        if done is None:
-            return
-        try:
-            if error is None:
-                done(chan, None)
-            else:
-                done(None, error)
-        except Exception:  # a bug in the callback must not end paramiko's thread and the connection
-            logging.getLogger(__name__).exception("open_channel_soon's callback failed")
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:
-            with self.lock:
-                self._soon_ended = True
-                pending = list(self._soon)
-            for chanid in pending:
-                self._answer(chanid, paramiko.SSHException("connection lost while opening a channel"))

@@ -25,6 +25,7 @@ from hpcnb.net import no_delay
 from hpcnb.ssh import auth, dial, hostkeys
 from hpcnb.ssh.channelsock import ChannelSocket
 from hpcnb.ssh.feed import ChannelSink
+from hpcnb.ssh.opens import CallbackOpens
 from hpcnb.ssh.packets import PACKETIZER, GcmPacketizer
 from hpcnb.ssh.route import Hop
 from hpcnb.ssh.safe_channels import ThreadSafeChannels
@@ -57,13 +58,14 @@ TUNNEL_WINDOW_SIZE = 2 * 1024 * 1024
 # hpcnb.tunnel's STREAM_READ (a read that large means a download is streaming) stays <= one packet.
 MAX_PACKET_SIZE = 128 * 1024
 STREAMLOCAL = "direct-streamlocal@openssh.com"
+STREAMLOCAL_HINT = "the server needs AllowStreamLocalForwarding yes and the socket must exist"
 
 
 def _done() -> None:
     return None
 
 
-class SSHTransport(ThreadSafeChannels, paramiko.Transport):
+class SSHTransport(ThreadSafeChannels, CallbackOpens, paramiko.Transport):
     """paramiko.Transport that can also open OpenSSH `direct-streamlocal@openssh.com` channels.
 
     paramiko has no helper for this channel type (paramiko#544). OpenSSH PROTOCOL section 2.4
@@ -107,6 +109,15 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
             packetizer.complete_handshake = _done  # type: ignore[method-assign]
 
         packetizer.complete_handshake = complete_once  # type: ignore[method-assign]
+        # What paramiko's Packetizer (and GcmPacketizer) call whenever the socket was quiet for its
+        # timeout (0.1 s): channel opens unanswered for too long are told so (CallbackOpens).
+        check_keepalive = packetizer._check_keepalive
+
+        def when_quiet() -> None:
+            check_keepalive()
+            self._expire()
+
+        packetizer._check_keepalive = when_quiet  # type: ignore[method-assign]
 
     def browser_reader(self, errors: tuple[type[BaseException], ...],
                        spawn: Callable[..., None]) -> BrowserReader | None:
@@ -122,10 +133,10 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
                         and isinstance(packetizer, GcmPacketizer) and packetizer.short_path_in()):
                     return None
                 self._reader = BrowserReader(errors, spawn, own_thread=False)
+                # Asked from paramiko's thread (a channel open's answer: hpcnb.ssh.opens), it
+                # waits on the reader from its next wait on; asked from another, that thread may
+                # sit in a recv until the socket's timeout first (0.1 s, once).
                 packetizer.drive(_ReaderSide(self._reader, self))
-                # This thread may sit in a recv until the socket's timeout (0.1 s) before it
-                # waits on the reader too: a request the server answers wakes it now.
-                self.global_request("keepalive@lag.net", wait=False)
             return self._reader
 
     def between_packets(self, fn: Callable[..., object], *args: object) -> bool:
@@ -142,12 +153,15 @@ class SSHTransport(ThreadSafeChannels, paramiko.Transport):
         try:
             super().run()
         finally:
-            if isinstance(self.packetizer, GcmPacketizer):
-                self.packetizer.run_between()  # what the end queued: each channel's done
+            packetizer = self.packetizer
+            if isinstance(packetizer, GcmPacketizer):
+                packetizer.run_between()  # what the end queued: each channel's done
             with self._reader_lock:
                 self._run_ended, reader = True, self._reader
             if reader is not None:
                 reader.close()  # every browser connection it read is let go
+                if isinstance(packetizer, GcmPacketizer):
+                    packetizer.run_between()  # and what that queued
 
     def feed_channel(self, chan: paramiko.Channel, sink: ChannelSink) -> None:
         """From now on chan's data goes to sink.feed() in this transport's thread, not to its buffer."""
@@ -347,6 +361,12 @@ def open_transport(
     return transport
 
 
+def open_refused(where: str, what: str, exc: BaseException | None, hint: str | None = None) -> SSHError:
+    """A channel open that `where` (the transport's host) refused, or did not answer in time."""
+    text = getattr(exc, "text", None) or str(exc or "") or type(exc).__name__
+    return SSHError(f"{where} could not open {what}: {text}", hint=hint)
+
+
 def open_tcp(transport: paramiko.Transport, where: str, host: str, port: int, *, timeout: float,
              window_size: int | None = None) -> paramiko.Channel:
     """A direct-tcpip channel from `where` (the transport's host) to host:port (what `ssh -L` uses)."""
@@ -354,6 +374,6 @@ def open_tcp(transport: paramiko.Transport, where: str, host: str, port: int, *,
         return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
                                       window_size=window_size, timeout=timeout)
     except paramiko.ChannelException as exc:
-        raise SSHError(f"{where} could not open a connection to {host} port {port}: {exc.text}") from exc
+        raise open_refused(where, f"a connection to {host} port {port}", exc) from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise SSHError(f"connection to {where} lost: {exc or type(exc).__name__}") from exc

@@ -24,9 +24,8 @@ from sshd_fixture import Sshd, free_port, openssh_fingerprint
 
 from hpcnb.errors import ConnectionLost, HostKeyError, SSHError, TunnelError
 from hpcnb.ssh import SSHRemote, feed
+from hpcnb.ssh.openers import NotebookRoute, Target
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
-from hpcnb.ssh.safe_channels import OpenDone
-from hpcnb.ssh.transport import reader_for
 from hpcnb.tunnel import Tunnel
 
 BLOB = random.Random(1).randbytes(64 * 1024 * 1024)
@@ -245,27 +244,28 @@ def test_open_unix_direct_streamlocal(sshd: Sshd, remote: SSHRemote) -> None:
 
 # --- Tunnel ----------------------------------------------------------------------------------
 class Opener:
-    """An opener as hpcnb.ssh.openers.NotebookRoute is one: paramiko's errors declared and, with
-    "transport" (NotebookRoute's own way), channels opened without a thread waiting (open_soon),
-    the replies written to the browser by paramiko's thread (hpcnb.ssh.feed) and the requests read
-    there too (SSHTransport.browser_reader); with "feed" the channels opened by a waiting worker and
-    the requests read by the tunnel's reader thread; with "pumps" neither."""
+    """An opener as hpcnb.ssh.openers.NotebookRoute is one, but for the older ways: paramiko's
+    errors declared and, with "feed", the replies written to the browser by paramiko's thread
+    (hpcnb.ssh.feed), the channels opened by a waiting worker and the requests read by the
+    tunnel's reader thread; with "pumps" a pump thread each way. "transport" is NotebookRoute
+    itself (opener()): channels opened without a thread waiting (open_soon), the requests read by
+    the login's own thread (SSHTransport.browser_reader)."""
 
     errors = RETRYABLE
 
     def __init__(self, remote: SSHRemote, port: int, delivery: str) -> None:
         self.remote, self.port = remote, port
-        self.deliver = feed.deliver if delivery in ("transport", "feed") else None
-        self.read_by = reader_for if delivery == "transport" else None
-        if delivery != "transport":
-            self.open_soon = None
+        self.deliver = feed.deliver if delivery == "feed" else None
 
     def __call__(self) -> paramiko.Channel:
         return self.remote.open_tcp("127.0.0.1", self.port)
 
-    def open_soon(self, done: OpenDone) -> bool:  # NotebookRoute.open_soon's way
-        return self.remote.transport.open_channel_soon(
-            "direct-tcpip", ("127.0.0.1", self.port, "127.0.0.1", 0), done)
+
+def opener(remote: SSHRemote, port: int, delivery: str) -> Opener | NotebookRoute:
+    if delivery == "transport":
+        return NotebookRoute(Target("direct", "127.0.0.1", port, None, None), remote, lambda: remote,
+                             close_logins=False)
+    return Opener(remote, port, delivery)
 
 
 @pytest.fixture(params=["transport", "feed", "pumps"])
@@ -275,7 +275,7 @@ def delivery(request: pytest.FixtureRequest) -> str:
 
 @contextlib.contextmanager
 def tunnel_to(remote: SSHRemote, port: int, delivery: str = "transport") -> Iterator[Tunnel]:
-    tunnel = Tunnel(Opener(remote, port, delivery))
+    tunnel = Tunnel(opener(remote, port, delivery))
     tunnel.serve_in_thread()
     try:
         yield tunnel
@@ -403,7 +403,7 @@ def test_the_logins_own_thread_reads_the_browsers_and_its_end_lets_them_go(sshd:
 def test_a_refused_far_end_ends_the_browsers_connection_and_says_why(remote: SSHRemote,
                                                                       delivery: str) -> None:
     messages: list[str] = []
-    tunnel = Tunnel(Opener(remote, free_port(), delivery), notify=messages.append)
+    tunnel = Tunnel(opener(remote, free_port(), delivery), notify=messages.append)
     tunnel.serve_in_thread()
     try:
         for _ in range(3):

@@ -98,7 +98,7 @@ def test_a_command_that_waited_for_a_session_gets_its_whole_timeout(sshd: Sshd) 
         remote.close()
 
 
-# --- a channel opened without a waiting thread (SSHTransport.open_channel_soon) ---------------
+# --- a channel opened without a waiting thread (hpcnb.ssh.opens.open_channel_soon) -------------
 class Answers:
     """open_channel_soon's callbacks: each answer, and the thread it came in."""
 
@@ -163,3 +163,29 @@ def test_an_open_unanswered_when_the_login_ends_is_told_so(sshd: Sshd) -> None:
     [(chan, error, _)] = answers.got
     assert chan is None and "connection lost" in str(error)
     assert not transport.open_channel_soon("direct-tcpip", ("127.0.0.1", 1, "127.0.0.1", 0), answers.done)
+
+
+def test_an_open_unanswered_in_time_is_told_so_and_its_late_answer_closes_it(sshd: Sshd) -> None:
+    remote = login(sshd)
+    transport = remote.transport
+    held: list[object] = []
+    real = transport._handler_table[MSG_CHANNEL_OPEN_SUCCESS]
+    transport._handler_table[MSG_CHANNEL_OPEN_SUCCESS] = held.append  # the answer is late
+    answers = Answers()
+    answers.expected = 1
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            assert transport.open_channel_soon(
+                "direct-tcpip", ("127.0.0.1", server.getsockname()[1], "127.0.0.1", 0), answers.done,
+                timeout=0.3)
+            [opened] = transport._opens.values()
+            assert answers.all_in.wait(5)  # told by paramiko's thread, its socket quiet meanwhile
+            [(chan, error, thread)] = answers.got
+            assert chan is None and "no answer" in str(error) and thread == transport.name
+            assert held  # the answer came, and was held back
+            transport._handler_table[MSG_CHANNEL_OPEN_SUCCESS] = real
+            real(held[0])  # now it arrives: the channel is closed, nobody is told twice
+            assert opened.chan.closed and len(answers.got) == 1 and not transport._opens
+            assert remote.run(["true"]).exit_status == 0
+    finally:
+        remote.close()

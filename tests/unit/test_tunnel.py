@@ -7,12 +7,13 @@ import hashlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from upstreams import Echo, ShaAfterEof, serve
 
+from hpcnb import tunnel as tunnel_module
 from hpcnb.errors import AuthenticationFailed, HostKeyError, SSHError, TunnelError
 from hpcnb.ssh.reconnect import ReconnectingUpstream
 from hpcnb.tunnel import Tunnel
@@ -117,6 +118,88 @@ def test_failing_upstream_closes_client_and_keeps_listening(echo_port: int) -> N
             assert sock.recv(10) == b""  # closed: no far end
         assert _roundtrip(tunnel.port, b"still here") == b"still here"
         assert messages == ["cannot open the tunnel's far end: connection to login1 lost"]
+    finally:
+        tunnel.stop()
+
+
+class _SoonOpener:
+    """An opener with open_soon (hpcnb.tunnel.OpenSoon): the test gives each answer itself."""
+
+    def __init__(self, port: int, soon: bool = True) -> None:
+        self.port, self.soon = port, soon
+        self.answers: list[Callable[[object, BaseException | None], None]] = []
+        self.asked = threading.Event()
+        self.called = 0
+
+    def __call__(self) -> socket.socket:
+        self.called += 1
+        return socket.create_connection(("127.0.0.1", self.port))
+
+    def open_soon(self, done: Callable[[object, BaseException | None], None]) -> bool:
+        if not self.soon:
+            return False
+        self.answers.append(done)
+        self.asked.set()
+        return True
+
+    def answer(self, *args: object) -> None:
+        """Answer in another thread, as paramiko's would; it must not hang."""
+        thread = threading.Thread(target=self.answers.pop(), args=args)
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def test_an_answer_to_open_soon_pipes_refuses_or_falls_back(echo_port: int) -> None:
+    messages: list[str] = []
+    opener = _SoonOpener(echo_port)
+    tunnel = Tunnel(opener, notify=messages.append)
+    tunnel.serve_in_thread()
+    try:
+        with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+            assert opener.asked.wait(5)
+            opener.answer(socket.create_connection(("127.0.0.1", echo_port)), None)
+            sock.sendall(b"ping")
+            assert sock.recv(10) == b"ping"
+        for answer, said in ((SSHError("login1 could not open a connection: Connect failed"), True),
+                             (None, False)):  # the connection was lost: the opener reconnects
+            opener.asked.clear()
+            with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+                assert opener.asked.wait(5)
+                opener.answer(None, answer)
+                if said:
+                    assert sock.recv(10) == b""
+                else:
+                    sock.sendall(b"again")
+                    assert sock.recv(10) == b"again"
+        assert messages == ["cannot open the tunnel's far end: login1 could not open a connection: "
+                            "Connect failed"]
+        assert opener.called == 1  # only the connection that was lost went the way that waits
+    finally:
+        tunnel.stop()
+
+
+def test_an_open_answered_after_stop_is_closed_and_nothing_hangs(echo_port: int) -> None:
+    opener = _SoonOpener(echo_port)
+    tunnel = Tunnel(opener)
+    tunnel.serve_in_thread()
+    with socket.create_connection(("127.0.0.1", tunnel.port), timeout=5) as sock:
+        assert opener.asked.wait(5)
+        tunnel.stop()
+        upstream = socket.create_connection(("127.0.0.1", echo_port))
+        opener.answer(upstream, None)  # before the fix: the answering thread deadlocked itself
+        assert upstream.fileno() == -1 and tunnel.connections == 0
+        assert sock.recv(10) == b""
+
+
+def test_without_msg_dontwait_open_soon_is_not_used(echo_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tunnel_module, "MSG_DONTWAIT", None)  # Windows: pump threads both ways
+    opener = _SoonOpener(echo_port)
+    tunnel = Tunnel(opener)
+    tunnel.serve_in_thread()
+    try:
+        assert _roundtrip(tunnel.port, b"pumped") == b"pumped"
+        assert not opener.answers and opener.called == 1
     finally:
         tunnel.stop()
 
