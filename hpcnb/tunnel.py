@@ -38,6 +38,7 @@ from hpcnb.workers import WORKERS
 STREAM_PAUSE_S = 0.001
 STREAM_READ = 32 * 1024
 LOOPBACK = ("127.0.0.1", "localhost")
+LISTEN_BACKLOG = 1024
 # What opening or using a plain-socket upstream may raise: a dead or refused connection, never a
 # bug. An SSH upstream adds its library's own (Tunnel's `errors`, from hpcnb.ssh).
 UPSTREAM_ERRORS: tuple[type[BaseException], ...] = (HpcnbError, OSError, EOFError)
@@ -239,7 +240,11 @@ class Tunnel:
                     hint="pick another with --port, or leave it out for a free one",
                 ) from exc
             raise TunnelError(f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror}") from exc
-        listener.listen(128)
+        # A page may open many connections at once while this process is busy (the accept thread
+        # waits for the GIL): past the queue, the kernel drops the SYNs and the browser retries
+        # after 1, 3, 7 s (seen with a test server's queue of 5). The kernel caps it at
+        # net.core.somaxconn.
+        listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         self._listener = listener
         self.port = listener.getsockname()[1]

@@ -63,11 +63,16 @@ class _Threading(socketserver.ThreadingTCPServer):
     request_queue_size = 512
 
 
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # Read when it listens, in __init__: set on the instance afterwards, the queue stayed 5, and
+    # 200 connections at once waited 1-7 s for SYN retries (the tunnel's opens reach it at once).
+    request_queue_size = 512
+
+
 @pytest.fixture(scope="module")
 def http_port() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 512
+    server = _HttpServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
