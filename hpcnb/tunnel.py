@@ -75,8 +75,6 @@ def _ignore(_message: str) -> None:
     return None
 
 
-
-
 class _Pipe:
     """One browser connection and its upstream; closes both when both directions are done."""
 
@@ -304,17 +302,19 @@ class Tunnel:
         elif error is None:  # the connection was lost meanwhile: the way that waits reconnects
             WORKERS.run(self._handle, client)
         else:
-            self.notify(f"cannot open the tunnel's far end: {error}")
-            client.close()
+            self._unreachable(client, error)
 
     def _handle(self, client: socket.socket) -> None:
         try:
             upstream = self.open_upstream()
         except self.errors as exc:
-            self.notify(f"cannot open the tunnel's far end: {exc}")
-            client.close()
+            self._unreachable(client, exc)
             return
         self._pipe(client, upstream)
+
+    def _unreachable(self, client: socket.socket, why: BaseException) -> None:
+        self.notify(f"cannot open the tunnel's far end: {why}")
+        client.close()
 
     def _pipe(self, client: socket.socket, upstream: Upstream) -> None:
         if isinstance(upstream, socket.socket):

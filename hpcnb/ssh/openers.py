@@ -90,14 +90,17 @@ class NotebookRoute:
                 login.close()
             raise
 
+    def _tcp_end(self) -> tuple[str, int]:
+        """Where a direct-tcpip channel goes: the node's address, or (node-ssh) its loopback."""
+        t = self.target
+        return ("127.0.0.1" if t.mode == "node-ssh" else str(t.host)), int(t.port or 0)
+
     def _open(self, conn: SSHRemote) -> Upstream:
         t = self.target
         if t.mode == "socket":
             assert t.socket is not None
             return conn.open_unix(t.socket, window_size=TUNNEL_WINDOW_SIZE)
-        if t.mode == "node-ssh":
-            return conn.open_tcp("127.0.0.1", int(t.port or 0), window_size=TUNNEL_WINDOW_SIZE)
-        return conn.open_tcp(str(t.host), int(t.port or 0), window_size=TUNNEL_WINDOW_SIZE)
+        return conn.open_tcp(*self._tcp_end(), window_size=TUNNEL_WINDOW_SIZE)
 
     def __call__(self) -> Upstream:
         return self._upstream()
@@ -118,9 +121,9 @@ class NotebookRoute:
             kind, fields = STREAMLOCAL, (t.socket, "", 0)  # OpenSSH PROTOCOL 2.4 (SSHTransport)
             what, hint = f"unix socket {t.socket}", STREAMLOCAL_HINT
         else:
-            host = "127.0.0.1" if t.mode == "node-ssh" else str(t.host)
-            kind, fields = "direct-tcpip", (host, int(t.port or 0), "127.0.0.1", 0)
-            what, hint = f"a connection to {host} port {t.port}", None
+            host, port = self._tcp_end()
+            kind, fields = "direct-tcpip", (host, port, "127.0.0.1", 0)
+            what, hint = f"a connection to {host} port {port}", None
 
         def answered(chan: paramiko.Channel | None, error: BaseException | None) -> None:
             if chan is not None or not transport.is_active():

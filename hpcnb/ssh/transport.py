@@ -153,15 +153,12 @@ class SSHTransport(ThreadSafeChannels, CallbackOpens, paramiko.Transport):
         try:
             super().run()
         finally:
-            packetizer = self.packetizer
-            if isinstance(packetizer, GcmPacketizer):
-                packetizer.run_between()  # what the end queued: each channel's done
             with self._reader_lock:
                 self._run_ended, reader = True, self._reader
             if reader is not None:
                 reader.close()  # every browser connection it read is let go
-                if isinstance(packetizer, GcmPacketizer):
-                    packetizer.run_between()  # and what that queued
+            if isinstance(self.packetizer, GcmPacketizer):
+                self.packetizer.run_between()  # what the end queued: each channel's done
 
     def feed_channel(self, chan: paramiko.Channel, sink: ChannelSink) -> None:
         """From now on chan's data goes to sink.feed() in this transport's thread, not to its buffer."""
