@@ -163,6 +163,31 @@ class _Pipe:
         self.tunnel._forget(self)
 
 
+def listen_on(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on host:port (0: a free port), or TunnelError saying why not."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # SO_REUSEADDR lets `attach --port N` re-bind while old connections sit in TIME_WAIT; on
+    # Linux it does not allow two listeners on one port, so a taken port still fails.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise TunnelError(
+                f"local port {port} is already in use",
+                hint="pick another with --port, or leave it out for a free one",
+            ) from exc
+        raise TunnelError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    # A page may open many connections at once while this process is busy (the accept thread
+    # waits for the GIL): past the queue, the kernel drops the SYNs and the browser retries
+    # after 1, 3, 7 s (seen with a test server's queue of 5). The kernel caps it at
+    # net.core.somaxconn.
+    listener.listen(LISTEN_BACKLOG)
+    listener.setblocking(False)
+    return listener
+
+
 class Tunnel:
     """Listen on 127.0.0.1:port (0 = a free port) and pipe each connection to `open_upstream()`.
 
@@ -179,6 +204,7 @@ class Tunnel:
         host: str = "127.0.0.1",
         *,
         notify: Notify | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         if host not in LOOPBACK:
             raise TunnelError(
@@ -197,7 +223,10 @@ class Tunnel:
         self.host = "127.0.0.1"
         self.port = port
         self.notify = notify or _ignore
-        self._listener: socket.socket | None = None
+        # A listener made elsewhere (listen_on; hpcnb.ssh.hopchild's is its parent's): served as is.
+        self._listener: socket.socket | None = listener
+        if listener is not None:
+            self.port = listener.getsockname()[1]
         self._pipes: set[_Pipe] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -222,30 +251,9 @@ class Tunnel:
 
     def start(self) -> int:
         """Bind and listen; returns the port (the chosen one when port was 0)."""
-        if self._listener is not None:
-            return self.port
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # SO_REUSEADDR lets `attach --port N` re-bind while old connections sit in TIME_WAIT; on
-        # Linux it does not allow two listeners on one port, so a taken port still fails.
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self.port))
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise TunnelError(
-                    f"local port {self.port} is already in use",
-                    hint="pick another with --port, or leave it out for a free one",
-                ) from exc
-            raise TunnelError(f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror}") from exc
-        # A page may open many connections at once while this process is busy (the accept thread
-        # waits for the GIL): past the queue, the kernel drops the SYNs and the browser retries
-        # after 1, 3, 7 s (seen with a test server's queue of 5). The kernel caps it at
-        # net.core.somaxconn.
-        listener.listen(LISTEN_BACKLOG)
-        listener.setblocking(False)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        if self._listener is None:
+            self._listener = listen_on(self.host, self.port)
+            self.port = self._listener.getsockname()[1]
         return self.port
 
     def serve_forever(self) -> None:
@@ -315,6 +323,11 @@ class Tunnel:
     def _unreachable(self, client: socket.socket, why: BaseException) -> None:
         self.notify(f"cannot open the tunnel's far end: {why}")
         client.close()
+
+    def carry(self, client: socket.socket, upstream: Upstream) -> None:
+        """Pipe a connected local socket to an upstream opened already, as if both came from the
+        listener (hpcnb.ssh.hopprocess: the node's sshd to its node hop's process)."""
+        self._pipe(client, upstream)
 
     def _pipe(self, client: socket.socket, upstream: Upstream) -> None:
         if isinstance(upstream, socket.socket):

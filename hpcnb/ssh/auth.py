@@ -42,6 +42,11 @@ class Credentials:
         return Credentials(self.identity_files, self.identities_only, self.allow_agent, None,
                            self._passphrases)
 
+    def passphrases(self) -> dict[str, str]:
+        """The passphrases asked so far, by key file: what a node hop's own process is handed
+        (hpcnb.ssh.hopchild), so it never asks again."""
+        return dict(self._passphrases)
+
 
 def _load(path: Path, passphrase: str | None = None) -> paramiko.PKey:
     try:

@@ -56,7 +56,7 @@ class NotebookRoute:
 
     def __init__(self, target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
                  accept_new_host_key: bool = False, notify: Notify | None = None,
-                 close_logins: bool = True) -> None:
+                 close_logins: bool = True, at_node: bool = False) -> None:
         if target.mode not in MODES:
             raise HpcnbError(f"unknown tunnel mode {target.mode!r} (known: {', '.join(MODES)})")
         if target.mode != "direct" and not target.node:
@@ -66,9 +66,12 @@ class NotebookRoute:
         self._connect_login = connect_login
         self._accept_new = accept_new_host_key
         self._close_logins = close_logins  # False: the logins are a keeper's, shared (hpcnb.keeper)
+        # True: `login` is the node hop already (its own process's: hpcnb.ssh.hopchild), and
+        # connect_login makes it again
+        self._at_node = at_node
         # The first connection is made here, not on the first browser request: an unknown node host
         # key or a refused login is then this command's error (exit 5 / 4), not a retried hop.
-        first = login if target.mode == "direct" else self._hop(login)
+        first = login if target.mode == "direct" or at_node else self._hop(login)
         self._upstream: ReconnectingUpstream[SSHRemote] = ReconnectingUpstream(
             self._connect, self._open, notify=notify, connection=first)
 
@@ -81,7 +84,7 @@ class NotebookRoute:
 
     def _connect(self) -> SSHRemote:
         login = self._connect_login()  # after a drop: a new login connection, then the hop again
-        if self.target.mode == "direct":
+        if self.target.mode == "direct" or self._at_node:
             return login
         try:
             return self._hop(login)

@@ -162,13 +162,7 @@ class SSHRemote:
             chan = self.open_tcp(host, port, timeout=timeout)
         except SSHError as exc:
             raise SSHError(f"cannot connect to {host} port {port} from {self.host}: {exc}") from exc
-        login = replace(
-            self._login,
-            user=user or self.user,
-            creds=self._login.creds.keys_only(),  # node hops: keys only, never a prompt
-            timeout=timeout,
-            accept_new_host_key=accept_new_host_key or self._login.accept_new_host_key,
-        )
+        login = self.node_login(user=user, timeout=timeout, accept_new_host_key=accept_new_host_key)
         try:
             transport = open_transport(chan, host, port, names, login)
         except SSHError:
@@ -177,6 +171,18 @@ class SSHRemote:
         hop = SSHRemote(transport, host=host, port=port, user=login.user, login=login, parent=self)
         self._children.append(hop)
         return hop
+
+    def node_login(self, *, user: str | None = None, timeout: float = 10.0,
+                   accept_new_host_key: bool = False) -> Login:
+        """How a node hop through this connection logs in: the same user, keys and known_hosts
+        files, keys only (never a prompt)."""
+        return replace(
+            self._login,
+            user=user or self.user,
+            creds=self._login.creds.keys_only(),
+            timeout=timeout,
+            accept_new_host_key=accept_new_host_key or self._login.accept_new_host_key,
+        )
 
     # --- channels ------------------------------------------------------------------------
     def open_tcp(self, host: str, port: int, *, timeout: float = 10.0,

@@ -302,8 +302,8 @@ class Login:
 def peer_address(sock: object) -> str | None:
     """The address a TCP socket is connected to (which of a name's login nodes answered); None
     for a ProxyCommand or a channel."""
-    if not isinstance(sock, socket.socket):
-        return None
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None  # a socket pair to a node hop's own process (hpcnb.ssh.hopchild) has no address
     try:
         return str(sock.getpeername()[0])
     except OSError:

@@ -1,0 +1,188 @@
+"""The node hop in a process of its own (hpcnb.ssh.hopprocess, hopchild) against a real sshd on
+127.0.0.1, which plays both the login host and the node (its second address, 127.0.0.2)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sshd_fixture import Sshd
+from test_ssh_loopback import BLOB_SHA, _Handler, _HttpServer, http_get, login
+
+from hpcnb.errors import HostKeyError, SSHError
+from hpcnb.ssh.hopprocess import NodeHopTunnel
+from hpcnb.ssh.openers import Target
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[int]:
+    server = _HttpServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def hop_tunnel(sshd: Sshd, port: int, messages: list[str], node: str = "127.0.0.2",
+               **kwargs: object) -> NodeHopTunnel:
+    first = login(sshd)
+    # node-ssh: the node's loopback, port `port`; its host key is known as 127.0.0.1's
+    target = Target("node-ssh", None, port, None, node, node_aliases=("127.0.0.1",) if node == "127.0.0.2" else ())
+    return NodeHopTunnel(target, first, lambda: login(sshd), notify=messages.append, sshd_port=sshd.port,
+                         **kwargs)  # type: ignore[arg-type]
+
+
+def child_pid(tunnel: NodeHopTunnel) -> int:
+    child = tunnel._child
+    assert child is not None
+    return child.proc.pid
+
+
+def children() -> list[int]:
+    """The processes this one started (and has not reaped) still there."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(entry))
+    return found
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_node_hop_in_its_own_process_serves_many_connections_and_ends_with_stop(sshd: Sshd, web: int) -> None:
+    messages: list[str] = []
+    tunnel = hop_tunnel(sshd, web, messages)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    pid = child_pid(tunnel)
+    try:
+        assert pid != os.getpid()
+        with ThreadPoolExecutor(16) as pool:
+            blob = pool.submit(http_get, port, "/blob")
+            small = list(pool.map(lambda i: http_get(port, f"/r{i}"), range(200)))
+            assert hashlib.sha256(blob.result()).hexdigest() == BLOB_SHA
+        assert small == [f"hello /r{i}".encode() for i in range(200)]
+        assert tunnel.login() is not None
+    finally:
+        tunnel.stop()
+        tunnel.close()
+    assert gone(pid), "the node hop's process outlived stop()"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    assert messages == []
+
+
+def test_an_unknown_node_host_key_is_the_callers_error_and_leaves_no_process(sshd: Sshd, web: int) -> None:
+    tunnel = hop_tunnel(sshd, web, [], node="127.0.0.3")  # its key is known under no such name
+    before = children()  # the sshd
+    with pytest.raises(HostKeyError) as raised:
+        tunnel.start()
+    assert "127.0.0.3" in str(raised.value)
+    assert not [pid for pid in children() if pid not in before and not gone(pid, 2)]
+    assert tunnel.port != 0
+    socket.create_server(("127.0.0.1", tunnel.port)).close()  # the port was let go
+
+
+def test_a_node_hop_that_ends_is_made_again_on_the_same_port(sshd: Sshd, web: int) -> None:
+    messages: list[str] = []
+    tunnel = hop_tunnel(sshd, web, messages)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    try:
+        assert http_get(port, "/before") == b"hello /before"
+        first = child_pid(tunnel)
+        os.kill(first, signal.SIGKILL)
+        assert gone(first)
+        deadline = time.monotonic() + 20
+        while True:  # the browser's next tries: closed until the new child serves
+            try:
+                assert http_get(port, "/after") == b"hello /after"
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline, messages
+                time.sleep(0.1)
+        assert child_pid(tunnel) != first
+        assert "connection to 127.0.0.2 lost, reconnecting" in messages
+        assert "reconnected after 1 attempt" in messages
+    finally:
+        tunnel.stop()
+        tunnel.close()
+
+
+def test_a_lost_login_is_made_again_and_so_is_the_hop(sshd: Sshd, web: int) -> None:
+    messages: list[str] = []
+    tunnel = hop_tunnel(sshd, web, messages)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    try:
+        assert http_get(port, "/before") == b"hello /before"
+        first_login, first_child = tunnel.login(), child_pid(tunnel)
+        assert first_login is not None
+        assert sshd.kill_connections(), "no sshd connection process to kill"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert http_get(port, "/after") == b"hello /after"
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline, messages
+                time.sleep(0.1)
+        assert tunnel.login() is not first_login
+        assert gone(first_child)
+        assert "connection lost, reconnecting" in messages, messages
+    finally:
+        tunnel.stop()
+        tunnel.close()
+
+
+def test_a_far_end_that_refuses_is_said_by_the_child(sshd: Sshd) -> None:
+    messages: list[str] = []
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+    tunnel = hop_tunnel(sshd, dead_port, messages)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    try:
+        with pytest.raises((OSError, AssertionError, Exception)):
+            http_get(port, "/")
+        deadline = time.monotonic() + 5
+        while not any("cannot open the tunnel's far end" in m for m in messages):
+            assert time.monotonic() < deadline, messages
+            time.sleep(0.05)
+    finally:
+        tunnel.stop()
+        tunnel.close()
+
+
+def test_ssh_error_names_the_node_when_its_sshd_cannot_be_reached(sshd: Sshd, web: int) -> None:
+    first = login(sshd)
+    target = Target("node-ssh", None, web, None, "127.0.0.2", node_aliases=("127.0.0.1",))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    tunnel = NodeHopTunnel(target, first, lambda: first, sshd_port=dead)
+    with pytest.raises(SSHError) as raised:
+        tunnel.start()
+    assert "127.0.0.2" in str(raised.value)
+    first.close()
