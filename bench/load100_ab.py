@@ -1,6 +1,6 @@
 """A/B of the tunnel's cost on a 100-connection load: two hpcnb trees, one loopback sshd (needs root).
 
-    python bench/load100_ab.py TREE_A TREE_B [--rounds 15] [--mode direct|nested]
+    python bench/load100_ab.py TREE_A TREE_B [--rounds 15] [--mode direct|nested|process]
 
 Each tree's tunnel (hpcnb.ssh.openers.NotebookRoute's opener and feed.deliver, through
 hpcnb.tunnel.Tunnel) runs in a process of its own, to a small HTTP server of its own process. A
@@ -8,8 +8,10 @@ client process fetches 313 requests (16.9 MB, sizes shaped like bench/run.py's J
 load) with 100 threads, each on its own new keep-alive connection. Rounds alternate A and B, and
 the order flips every round (whichever goes first in a round measures higher). Prints, per tree,
 the tunnel process's CPU ms per load and the wall ms, medians; asserts nothing. A tree is a folder
-holding an `hpcnb/` (a `git worktree` of another commit, say). `nested` runs the node-ssh shape: a
-second SSH session to the same sshd inside a channel of the first.
+holding an `hpcnb/` (a `git worktree` of another commit, say). `nested` runs the node-ssh shape in
+one process: a second SSH session to the same sshd inside a channel of the first; `process` the
+node-ssh tunnel as it runs on POSIX (hpcnb.ssh.hopprocess: that second session in a child process,
+whose CPU counts too). With `--mode-b` B runs another mode (TREE_B may be TREE_A: two modes of one tree).
 """
 
 from __future__ import annotations
@@ -75,6 +77,14 @@ def tunnel(tree: str, sshd_port: int, user: str, key: str, kh: str, target: int,
     from hpcnb.tunnel import Tunnel
 
     login = SSHRemote.connect("127.0.0.1", sshd_port, user, key, [kh], allow_agent=False)
+    if mode == "process":  # node-ssh as it runs on POSIX: the node hop in a child process
+        from hpcnb.ssh.hopprocess import NodeHopTunnel
+
+        hop = NodeHopTunnel(Target("node-ssh", None, target, None, "127.0.0.2", ("127.0.0.1",)), login,
+                            lambda: login, sshd_port=sshd_port)
+        hop.serve_in_thread()
+        print(hop.port, os.getpid(), flush=True)
+        threading.Event().wait()
     route = NotebookRoute(Target("direct", "127.0.0.1", target, None, None), login, lambda: login)
     if mode == "nested":
         node = login.jump("127.0.0.1", sshd_port)
@@ -118,20 +128,32 @@ def load(port: int) -> float:
     return time.perf_counter() - start
 
 
+def children(pid: int) -> list[int]:
+    """pid's child processes (a node hop's, in `process` mode)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def cpu_ms(pid: int) -> float:
-    """CPU of every live thread of pid, in ms (schedstat counts ns, /proc/PID/stat 10 ms ticks). A
-    thread that ends between two readings is missed: the tunnel keeps its workers for 60 s."""
+    """CPU of every live thread of pid and of its children, in ms (schedstat counts ns,
+    /proc/PID/stat 10 ms ticks). A thread that ends between two readings is missed: the tunnel
+    keeps its workers for 60 s."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
+    for proc in (pid, *children(pid)):
+        for task in Path(f"/proc/{proc}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
     return total / 1e6
 
 
 def switches(pid: int) -> int:
-    """Context switches of every live thread of pid, voluntary and not."""
+    """Context switches of every live thread of pid and of its children, voluntary and not."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in (t for proc in (pid, *children(pid)) for t in Path(f"/proc/{proc}/task").iterdir()):
         with contextlib.suppress(OSError):
             for line in (task / "status").read_text().splitlines():
                 if "ctxt_switches" in line:
@@ -143,7 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("trees", nargs=2)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--mode", choices=("direct", "nested"), default="direct")
+    parser.add_argument("--mode", choices=("direct", "nested", "process"), default="direct")
+    parser.add_argument("--mode-b", choices=("direct", "nested", "process"), help="B's, if not --mode")
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT / "tests" / "integration")]
     from sshd_fixture import running_sshd
@@ -163,8 +186,9 @@ def main() -> None:
             tunnels = {}
             for name, tree in zip("AB", args.trees, strict=True):
                 target = spawn("--serve")[0]
+                mode = args.mode_b if name == "B" and args.mode_b else args.mode
                 port, pid = spawn("--tunnel", str(Path(tree).resolve()), str(sshd.port), sshd.user,
-                                  str(sshd.client_key), kh, target, args.mode)
+                                  str(sshd.client_key), kh, target, mode)
                 tunnels[name] = (int(port), int(pid))
             cpu: dict[str, list[float]] = {"A": [], "B": []}
             wall: dict[str, list[float]] = {"A": [], "B": []}

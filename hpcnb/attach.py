@@ -102,10 +102,15 @@ def _target(handshake: Handshake, node: str | None) -> dict[str, Any]:
 def ssh_far(handshake: Handshake, login: Any, connect_login: Callable[[], Any], node: str | None, *,
             accept_new_host_key: bool, notify: Notify) -> Far:
     """A cluster: over SSH, per the handshake's tunnel mode (hpcnb.ssh.openers)."""
-    from hpcnb.ssh import NotebookRoute, Target  # paramiko is slow to import: only when attaching
+    from hpcnb.ssh import NotebookRoute, Target, hopprocess  # paramiko is slow to import
 
-    route = NotebookRoute(Target(**_target(handshake, node)), login, connect_login,
-                          accept_new_host_key=accept_new_host_key, notify=notify)
+    target = Target(**_target(handshake, node))
+    if hopprocess.wanted(target):  # node-ssh, socket: the node's SSH layer in a process of its own
+        hop = hopprocess.NodeHopTunnel(target, login, connect_login,
+                                       accept_new_host_key=accept_new_host_key, notify=notify)
+        return Far(hop.listen, hop.login, hop.close)
+    route = NotebookRoute(target, login, connect_login, accept_new_host_key=accept_new_host_key,
+                          notify=notify)
     return Far(_served_here(route), route.login, route.close)
 
 

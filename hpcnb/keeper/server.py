@@ -35,9 +35,8 @@ from hpcnb.keeper.commands import run_kept, waits_until
 from hpcnb.keeper.endpoint import Endpoint
 from hpcnb.keeper.lines import ClientLine, LineClosed, PromptRelay
 from hpcnb.pump import splice
-from hpcnb.ssh import NotebookRoute, SSHRemote, Target
+from hpcnb.ssh import SSHRemote, Target, hopprocess
 from hpcnb.ssh.reconnect import RETRYABLE
-from hpcnb.tunnel import Tunnel
 
 _log = logging.getLogger("hpcnb.keeper")
 HELLO_TIMEOUT_S = 10.0
@@ -241,10 +240,9 @@ class Keeper:
             with contextlib.suppress(LineClosed):
                 line.send({"notice": message})
 
-        route = NotebookRoute(target, self.login(line), lambda: self.login(None),
-                              accept_new_host_key=bool(request.get("accept_new_host_key")),
-                              notify=tell, close_logins=False)
-        tunnel = Tunnel(route, port=int(request.get("port") or 0), notify=tell)
+        tunnel, route = hopprocess.notebook_tunnel(
+            target, self.login(line), lambda: self.login(None), port=int(request.get("port") or 0),
+            notify=tell, accept_new_host_key=bool(request.get("accept_new_host_key")), close_logins=False)
         port = None
         try:
             port = tunnel.start()

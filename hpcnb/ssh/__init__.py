@@ -9,6 +9,7 @@
     remote.py       SSHRemote: the Remote protocol (run, read_file) + channels for tunnels
     reconnect.py    a kept connection for a tunnel: reconnect with backoff, never on a refusal
     openers.py      the tunnel's far end per tunnel mode (direct, node-ssh, socket)
+    hopprocess.py   node-ssh, socket: the node hop in a child process (hopchild.py), as ssh -J
 
 Nothing outside this package imports paramiko.
 """

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from hpcnb.errors import HpcnbError, SSHError
 from hpcnb.ssh import feed, hopchild, hostkeys
-from hpcnb.ssh.openers import MODES, Target
+from hpcnb.ssh.openers import MODES, NotebookRoute, Target
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
 from hpcnb.ssh.remote import SSHRemote
 from hpcnb.ssh.transport import reader_for
@@ -47,6 +47,21 @@ def wanted(target: Target) -> bool:
     """Whether this target's tunnel runs its node hop in a process of its own."""
     return (target.mode != "direct" and os.name == "posix" and not getattr(sys, "frozen", False)
             and os.environ.get(ENV, "1") != "0")
+
+
+def notebook_tunnel(target: Target, login: SSHRemote, connect_login: Callable[[], SSHRemote], *,
+                    port: int = 0, notify: Notify | None = None, accept_new_host_key: bool = False,
+                    close_logins: bool = True
+                    ) -> tuple[Tunnel | NodeHopTunnel, NotebookRoute | NodeHopTunnel]:
+    """A notebook's tunnel, to start() and serve_in_thread(), and its route (login(), close()):
+    one object with the node hop in a process of its own where wanted(), else in this process."""
+    if wanted(target):
+        hop = NodeHopTunnel(target, login, connect_login, port=port, notify=notify,
+                            accept_new_host_key=accept_new_host_key, close_logins=close_logins)
+        return hop, hop
+    route = NotebookRoute(target, login, connect_login, accept_new_host_key=accept_new_host_key,
+                          notify=notify, close_logins=close_logins)
+    return Tunnel(route, port=port, notify=notify), route
 
 
 def _ignore(_message: str) -> None:
@@ -129,12 +144,15 @@ class NodeHopTunnel:
         self._own_login, self._close_logins = login, close_logins
         self._accept_new = accept_new_host_key
         self._upstream: ReconnectingUpstream[SSHRemote] = ReconnectingUpstream(
-            connect_login, self._open_sshd, notify=self.notify, connection=login)
-        self._pump = Tunnel(_NodeSshd(self._upstream), notify=self.notify)  # never listens
+            connect_login, self._open_sshd, notify=self._say, connection=login)
+        self._pump = Tunnel(_NodeSshd(self._upstream), notify=self._say)  # never listens
         self._listener: socket.socket | None = None
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _say(self, message: str) -> None:
+        self.notify(message)
 
     def _open_sshd(self, login: SSHRemote) -> Upstream:
         return login.open_tcp(str(self.target.node), self.sshd_port, timeout=login.node_login().timeout)
@@ -151,6 +169,13 @@ class NodeHopTunnel:
                 self.stop()
                 raise
         return self.port
+
+    def listen(self, port: int, notify: Notify) -> NodeHopTunnel:
+        """Serve on 127.0.0.1:port (0: a free one), saying what happens to notify: the shape of
+        hpcnb.attach.Far's `listen`."""
+        self.port, self.notify = port, notify
+        self.serve_in_thread()
+        return self
 
     def serve_in_thread(self) -> threading.Thread:
         self.start()
@@ -180,7 +205,7 @@ class NodeHopTunnel:
                            hint=f"{ENV}=0 runs it in this process") from exc
         finally:
             theirs.close()
-        child = _Child(proc, self.notify)
+        child = _Child(proc, self._say)
         with self._lock:
             stopped, self._child = self._stopped.is_set(), child
         ours.setblocking(True)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sshd_fixture import Sshd
@@ -33,7 +34,8 @@ def hop_tunnel(sshd: Sshd, port: int, messages: list[str], node: str = "127.0.0.
                **kwargs: object) -> NodeHopTunnel:
     first = login(sshd)
     # node-ssh: the node's loopback, port `port`; its host key is known as 127.0.0.1's
-    target = Target("node-ssh", None, port, None, node, node_aliases=("127.0.0.1",) if node == "127.0.0.2" else ())
+    aliases = ("127.0.0.1",) if node == "127.0.0.2" else ()
+    target = Target("node-ssh", None, port, None, node, node_aliases=aliases)
     return NodeHopTunnel(target, first, lambda: login(sshd), notify=messages.append, sshd_port=sshd.port,
                          **kwargs)  # type: ignore[arg-type]
 
@@ -47,14 +49,14 @@ def child_pid(tunnel: NodeHopTunnel) -> int:
 def children() -> list[int]:
     """The processes this one started (and has not reaped) still there."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.append(int(entry))
+                found.append(int(entry.name))
     return found
 
 
@@ -69,7 +71,7 @@ def gone(pid: int, within: float = 5.0) -> bool:
     return False
 
 
-def test_the_node_hop_in_its_own_process_serves_many_connections_and_ends_with_stop(sshd: Sshd, web: int) -> None:
+def test_the_node_hop_in_its_own_process_serves_connections_and_ends_with_stop(sshd: Sshd, web: int) -> None:
     messages: list[str] = []
     tunnel = hop_tunnel(sshd, web, messages)
     port = tunnel.start()
