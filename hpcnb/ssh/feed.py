@@ -79,8 +79,11 @@ class SocketFeed:
     thread it runs once that packet is handled (SSHTransport.between_packets), elsewhere or where
     that cannot be in a worker thread."""
 
-    def __init__(self, chan: paramiko.Channel, sock: socket.socket, done: Done, spawn: Spawn) -> None:
+    def __init__(self, chan: paramiko.Channel, sock: socket.socket, done: Done, spawn: Spawn, *,
+                 paced: bool = True) -> None:
         self._chan = chan
+        # False: never paced (a channel that carries many connections' packets: a node hop's)
+        self._pace_after = PACE_AFTER if paced else float("inf")
         self._sock = sock
         self._done = done
         self._spawn = spawn
@@ -99,7 +102,7 @@ class SocketFeed:
             if self._finished or self._eof:
                 return  # the browser's side failed, or the tunnel closed the channel: nobody to tell
             self._received += len(data)
-            if not self._writing and (len(data) < STREAM_READ or self._received < PACE_AFTER):
+            if not self._writing and (len(data) < STREAM_READ or self._received < self._pace_after):
                 try:
                     sent = self._sock.send(data, MSG_DONTWAIT or 0)
                 except BlockingIOError:
@@ -163,7 +166,7 @@ class SocketFeed:
             except BaseException as exc:  # a bug: raised (a traceback), but the browser is told
                 self._finish(exc, _call)
                 raise
-            if len(data) >= STREAM_READ and self._received >= PACE_AFTER:
+            if len(data) >= STREAM_READ and self._received >= self._pace_after:
                 time.sleep(STREAM_PAUSE_S)
         if eof:
             self._finish(None, _call)
@@ -194,14 +197,14 @@ def _call(fn: Callable[..., None], *args: object) -> None:
     fn(*args)
 
 
-def deliver(upstream: object, sock: socket.socket, done: Done, spawn: Spawn) -> bool:
-    """Send upstream's incoming data to sock from now on (SocketFeed: done, spawn). False when
-    upstream is not a channel of an hpcnb SSHTransport (which has feed_channel), or on a platform
-    without MSG_DONTWAIT: then the caller reads the upstream itself."""
+def deliver(upstream: object, sock: socket.socket, done: Done, spawn: Spawn, *, paced: bool = True) -> bool:
+    """Send upstream's incoming data to sock from now on (SocketFeed: done, spawn, paced). False
+    when upstream is not a channel of an hpcnb SSHTransport (which has feed_channel), or on a
+    platform without MSG_DONTWAIT: then the caller reads the upstream itself."""
     if MSG_DONTWAIT is None or not isinstance(upstream, paramiko.Channel):
         return False
     feed_channel = getattr(upstream.get_transport(), "feed_channel", None)
     if feed_channel is None:
         return False
-    feed_channel(upstream, SocketFeed(upstream, sock, done, spawn))
+    feed_channel(upstream, SocketFeed(upstream, sock, done, spawn, paced=paced))
     return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -124,6 +125,9 @@ def _stdin_closed() -> None:
 
 
 def main() -> NoReturn:
+    # Ctrl-C in the terminal reaches the whole process group: the parent decides when this ends
+    # (it closes stdin), so a tunnel is never cut from under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     say = _Say()
     line = sys.stdin.readline()
     try:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from hpcnb.errors import HpcnbError, SSHError
@@ -40,6 +41,7 @@ from hpcnb.tunnel import Notify, Tunnel, Upstream, listen_on
 ENV = "HPCNB_NODE_HOP_PROCESS"  # "0": the node hop in this process, as on Windows
 START_S = 30.0  # for the child's interpreter and imports, on top of the node's login timeout
 STOP_S = 2.0
+PAIR_BUFFER = 1 << 20
 _log = logging.getLogger(__name__)
 
 
@@ -73,8 +75,13 @@ class _NodeSshd:
     login's own thread both ways."""
 
     errors = RETRYABLE
-    deliver = staticmethod(feed.deliver)
     read_by = staticmethod(reader_for)
+
+    @staticmethod
+    def deliver(upstream: object, sock: socket.socket, done: feed.Done, spawn: feed.Spawn) -> bool:
+        # Never paced as a long download is (feed.PACE_AFTER): this one channel carries every
+        # browser connection's packets, and after its first 8 MiB each would wait 1 ms in a worker.
+        return feed.deliver(upstream, sock, done, spawn, paced=False)
 
     def __init__(self, upstream: ReconnectingUpstream[SSHRemote]) -> None:
         self._upstream = upstream
@@ -192,12 +199,15 @@ class NodeHopTunnel:
         names = [hostkeys.host_key_name(n, self.sshd_port)
                  for n in dict.fromkeys([str(t.node), *t.node_aliases])]
         ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            with contextlib.suppress(OSError):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
         wire, listener = theirs.fileno(), self._listener.fileno()  # the same numbers in the child
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hpcnb.ssh.hopchild"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=None if _log.isEnabledFor(logging.DEBUG) else subprocess.DEVNULL,
-                pass_fds=(wire, listener))
+                pass_fds=(wire, listener), env=_child_env())
         except OSError as exc:
             ours.close()
             chan.close()
@@ -254,7 +264,10 @@ class NodeHopTunnel:
         """Wait for a browser connection (or stop()) and close it: it asks again, and so do we."""
         listener = self._listener
         while listener is not None and not self._stopped.is_set():
-            readable, _, _ = select.select([listener], [], [], 0.5)
+            try:
+                readable, _, _ = select.select([listener], [], [], 0.5)
+            except (OSError, ValueError):  # closed by stop()
+                return
             if readable:
                 with contextlib.suppress(OSError):
                     listener.accept()[0].close()
@@ -283,6 +296,15 @@ class NodeHopTunnel:
         if conn is not None and conn is not self._own_login and self._close_logins:
             with contextlib.suppress(*RETRYABLE):
                 conn.close()
+
+
+def _child_env() -> dict[str, str]:
+    """This environment (the agent's socket too), with this hpcnb first on the child's path: the
+    child runs the same code, however this process found it."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding hpcnb/
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _write(stream: IO[bytes] | None, text: str) -> None:
