@@ -269,12 +269,15 @@ class NodeHopTunnel:
     def _refuse_one(self) -> None:
         """Wait for a browser connection (or stop()) and close it: it asks again, and so do we."""
         listener = self._listener
-        while listener is not None and not self._stopped.is_set():
-            try:
-                readable, _, _ = select.select([listener], [], [], 0.5)
-            except (OSError, ValueError):  # closed by stop()
-                return
-            if readable:
+        if listener is None:
+            return
+        poller = select.poll()  # not select(): a keeper may hold more than FD_SETSIZE descriptors
+        try:
+            poller.register(listener, select.POLLIN)
+        except (OSError, ValueError):  # closed by stop()
+            return
+        while not self._stopped.is_set():
+            if poller.poll(500):
                 with contextlib.suppress(OSError):
                     listener.accept()[0].close()
                 return

@@ -188,3 +188,35 @@ def test_ssh_error_names_the_node_when_its_sshd_cannot_be_reached(sshd: Sshd, we
         tunnel.start()
     assert "127.0.0.2" in str(raised.value)
     first.close()
+
+
+def test_while_the_node_is_unreachable_each_browser_is_closed_then_served_again(sshd: Sshd, web: int) -> None:
+    messages: list[str] = []
+    tunnel = hop_tunnel(sshd, web, messages)
+    port = tunnel.start()
+    tunnel.serve_in_thread()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    try:
+        tunnel.sshd_port = dead  # the node's sshd is gone: its port refuses
+        os.kill(child_pid(tunnel), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not any("cannot open the tunnel's far end" in m for m in messages):
+            assert time.monotonic() < deadline, messages
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as browser:
+            assert browser.recv(1) == b""  # closed at once, never left hanging
+        tunnel.sshd_port = sshd.port  # back: the next browser connection makes the hop again
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert http_get(port, "/back") == b"hello /back"
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline, messages
+                time.sleep(0.1)
+        assert messages[-1].startswith("reconnected after "), messages  # one attempt per browser refused
+    finally:
+        tunnel.stop()
+        tunnel.close()
