@@ -138,8 +138,13 @@ class BrowserReader:
                 pipe = self._adds.get_nowait()
             except queue.Empty:
                 return
-            with contextlib.suppress(KeyError, ValueError):  # a closed socket's number, reused
-                self._sel.unregister(pipe.client)
+            # A closed socket's number, reused: let its stale entry go. Looked up by number first:
+            # unregister() of a socket never registered raises a KeyError whose message is the
+            # socket's repr (getsockname, getpeername), for every new connection.
+            with contextlib.suppress(ValueError, OSError):
+                stale = self._sel.get_map().get(pipe.client.fileno())
+                if stale is not None:
+                    self._sel.unregister(stale.fileobj)
             try:
                 self._sel.register(pipe.client, selectors.EVENT_READ, pipe)
             except (ValueError, OSError):  # closed before it got here
