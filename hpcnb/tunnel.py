@@ -226,7 +226,9 @@ class Tunnel:
         # A listener made elsewhere (listen_on; hpcnb.ssh.hopchild's is its parent's): served as is.
         self._listener: socket.socket | None = listener
         if listener is not None:
-            self.port = listener.getsockname()[1]
+            bound, self.port = listener.getsockname()[:2]
+            if bound not in LOOPBACK:
+                raise TunnelError(f"refusing to serve a listener on {bound}: only 127.0.0.1")
         self._pipes: set[_Pipe] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()

@@ -13,14 +13,14 @@ The parent writes one JSON line on stdin (spec_for: where to, how to log in, the
 end, the two descriptors); this process answers on stdout, a JSON line each: {"ready": true} once
 serving, {"error": {"type", "message", "hint"}} when the hop cannot be made (then it exits), and
 {"notice": text} for what the tunnel says. It ends when its node session ends (exit 3) or when
-stdin closes (its parent is gone or done: exit 0).
+stdin closes (its parent is gone or done: exit 0). It runs in a session of its own: Ctrl-C in the
+terminal is the parent's to act on. What it writes on stderr the parent logs (-vv).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -108,10 +108,14 @@ def serve(spec: dict[str, Any], say: _Say) -> int:
     def lost() -> SSHRemote:  # never made again here: the parent does, with a new login if need be
         raise errors.SSHError(f"the connection to {host} has ended")
 
+    def notice(text: str) -> None:  # once the session has ended, the parent says what happens
+        if transport.is_active():
+            say.notice(text)
+
     raw = dict(spec["target"])
     raw["node_aliases"] = tuple(raw.get("node_aliases") or ())
-    route = NotebookRoute(Target(**raw), node, lost, notify=say.notice, at_node=True)
-    tunnel = Tunnel(route, notify=say.notice, listener=listener)
+    route = NotebookRoute(Target(**raw), node, lost, notify=notice, at_node=True)
+    tunnel = Tunnel(route, notify=notice, listener=listener)
     tunnel.serve_in_thread()
     say(ready=True)
     transport.join()  # paramiko's thread: until the node's session ends
@@ -125,9 +129,6 @@ def _stdin_closed() -> None:
 
 
 def main() -> NoReturn:
-    # Ctrl-C in the terminal reaches the whole process group: the parent decides when this ends
-    # (it closes stdin), so a tunnel is never cut from under it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     say = _Say()
     line = sys.stdin.readline()
     try:
@@ -139,7 +140,7 @@ def main() -> NoReturn:
     try:
         code = serve(spec, say)
     except Exception as exc:  # noqa: BLE001 - a bug: the parent says it in one line, no traceback
-        traceback.print_exc()  # to the parent's stderr when it logs at debug level, else nowhere
+        traceback.print_exc()  # the parent logs it (-vv), and says its last line if this never started
         say(error={"type": "HpcnbError", "message": f"the node hop failed: {type(exc).__name__}: {exc}"})
         code = 1
     _end(code)

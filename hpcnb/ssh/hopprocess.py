@@ -26,11 +26,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from hpcnb.errors import HpcnbError, SSHError
+from hpcnb.errors import HpcnbError, SSHError, TunnelError
 from hpcnb.ssh import feed, hopchild, hostkeys
 from hpcnb.ssh.openers import MODES, NotebookRoute, Target
 from hpcnb.ssh.reconnect import RETRYABLE, ReconnectingUpstream
@@ -43,12 +44,18 @@ START_S = 30.0  # for the child's interpreter and imports, on top of the node's 
 STOP_S = 2.0
 PAIR_BUFFER = 1 << 20
 _log = logging.getLogger(__name__)
-# The child's program: this hpcnb in place of the working folder on its path (the same code,
-# however this process found it; never a folder's own hpcnb/), and without `invoke`, which
-# paramiko imports only to run an ssh config's `Match exec` (the child reads no ssh config):
-# 48 of its 180 ms start.
-_CHILD = (f"import sys; sys.path[0] = {str(Path(__file__).resolve().parents[2])!r}; "
-          "sys.modules['invoke'] = None; from hpcnb.ssh.hopchild import main; main()")
+# The child's program. Its path: not the working folder (`-c` puts it first, where a folder's own
+# hpcnb/ would win), and this hpcnb's folder first unless it is on the path already (a source
+# checkout run from its root: the same code, however this process found it). No `invoke`, which
+# paramiko imports only to run an ssh config's `Match exec` (the child reads no ssh config): 48 of
+# its 180 ms start.
+_ROOT = str(Path(__file__).resolve().parents[2])
+_CHILD = ("import sys\n"
+          "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+          f"if {_ROOT!r} not in sys.path: sys.path.insert(0, {_ROOT!r})\n"
+          "sys.modules['invoke'] = None\n"
+          "from hpcnb.ssh.hopchild import main\n"
+          "main()\n")
 
 
 def wanted(target: Target) -> bool:
@@ -97,32 +104,54 @@ class _NodeSshd:
 
 
 class _Child:
-    """One hopchild process and the thread that reads what it says."""
+    """One hopchild process, and the threads that read what it says (stdout) and what went wrong
+    (stderr: its last lines, for the error when it does not start; at -vv, the log)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], notify: Notify) -> None:
         self.proc, self._notify = proc, notify
         self.first: queue.Queue[dict[str, Any] | None] = queue.Queue()  # ready, error, or None (ended)
         self.ended = threading.Event()
+        self._stderr: deque[str] = deque(maxlen=3)
         threading.Thread(target=self._read, name="node-hop-child", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="node-hop-stderr", daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         answered = False
         try:
             for line in self.proc.stdout:
-                try:
+                with contextlib.suppress(ValueError):
                     message = json.loads(line)
-                except ValueError:
-                    continue
-                if "notice" in message:
-                    self._notify(str(message["notice"]))
-                elif not answered:
-                    answered = True
-                    self.first.put(message)
+                    if not isinstance(message, dict):
+                        continue
+                    if "notice" in message:
+                        self._notify(str(message["notice"]))
+                    elif not answered:
+                        answered = True
+                        self.first.put(message)
         finally:
             self.first.put(None)
             self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError, ValueError):
+                    if pipe is not None:
+                        pipe.close()
             self.ended.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    self._stderr.append(line)
+                    _log.debug("node hop process %d: %s", self.proc.pid, line)
+
+    def why(self) -> str:
+        """What a child that did not start said last, and its exit status."""
+        status = self.proc.poll()
+        said = f": {self._stderr[-1]}" if self._stderr else ""
+        return f" (exit status {status}{said})" if status is not None else said
 
     def answer(self, timeout: float) -> dict[str, Any] | None:
         try:
@@ -132,7 +161,7 @@ class _Child:
 
     def stop(self) -> None:
         stdin = self.proc.stdin
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             if stdin is not None:
                 stdin.close()  # the child ends when its stdin does
         try:
@@ -173,6 +202,8 @@ class NodeHopTunnel:
     def start(self) -> int:
         """Bind the port and start the node hop: its errors (the node's host key, a refused
         login) are the caller's, as the in-process route's first hop's are."""
+        if self._stopped.is_set():
+            raise TunnelError("this tunnel was stopped")
         if self._listener is None:
             self._listener = listen_on("127.0.0.1", self.port)
             self.port = self._listener.getsockname()[1]
@@ -199,60 +230,89 @@ class NodeHopTunnel:
     def _start_child(self) -> None:
         chan = self._upstream()  # the node's port 22, on a new login when the old one is dead
         login = self._upstream.connection
-        assert login is not None and self._listener is not None
+        assert login is not None
+        try:
+            self._serve_over(chan, login)
+        except BaseException:
+            self._let_go(chan, login)
+            raise
+
+    def _serve_over(self, chan: Upstream, login: SSHRemote) -> None:
+        """A child that logs in to the node over chan and serves the listener, ready."""
         node_login = login.node_login(accept_new_host_key=self._accept_new)
         t = self.target
         names = [hostkeys.host_key_name(n, self.sshd_port)
                  for n in dict.fromkeys([str(t.node), *t.node_aliases])]
-        ours, theirs = socket.socketpair()
-        for end in (ours, theirs):
-            with contextlib.suppress(OSError):
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
-        wire, listener = theirs.fileno(), self._listener.fileno()  # the same numbers in the child
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=None if _log.isEnabledFor(logging.DEBUG) else subprocess.DEVNULL,
-                pass_fds=(wire, listener))
-        except OSError as exc:
-            ours.close()
-            chan.close()
-            raise SSHError(f"cannot start the node hop's process ({sys.executable}): {exc}",
-                           hint=f"{ENV}=0 runs it in this process") from exc
-        finally:
-            theirs.close()
-        child = _Child(proc, self._say)
-        with self._lock:
-            stopped, self._child = self._stopped.is_set(), child
-        ours.setblocking(True)
-        self._pump.carry(ours, chan)
+        child, wire, listener = self._spawn(chan)
         spec = hopchild.spec_for(str(t.node), self.sshd_port, names, node_login, dataclasses.asdict(t),
                                  wire, listener)
-        with contextlib.suppress(OSError):
-            _write(proc.stdin, spec)
-        answer = None if stopped else child.answer(START_S + node_login.timeout)
+        with contextlib.suppress(OSError, ValueError):  # ended, or stop() closed its stdin
+            _write(child.proc.stdin, spec)
+        answer = child.answer(START_S + node_login.timeout)
         if answer is None or "ready" not in answer:
             child.stop()
             if answer is not None and isinstance(answer.get("error"), dict):
                 raise hopchild.error_from(answer["error"])
-            said = "" if answer is None else f": {answer}"
-            raise SSHError(f"the node hop to {t.node} did not start{said}")
+            raise SSHError(f"the node hop to {t.node} did not start{child.why()}",
+                           hint=f"-vv shows its log; {ENV}=0 runs it in this process")
+
+    def _spawn(self, chan: Upstream) -> tuple[_Child, int, int]:
+        """The child, with one end of a socket pair whose other end carries chan, and the
+        listener: under the lock, so that stop() either sees it or has closed the listener."""
+        ours, theirs = socket.socketpair()
+        try:
+            for end in (ours, theirs):
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PAIR_BUFFER)
+            with self._lock:
+                if self._stopped.is_set() or self._listener is None:
+                    raise SSHError("the tunnel was stopped")
+                wire, listener = theirs.fileno(), self._listener.fileno()  # the same in the child
+                try:
+                    # A session of its own: Ctrl-C and Ctrl-\ in the terminal are this process's to
+                    # act on; the child ends when its stdin does (this process gone too).
+                    proc = subprocess.Popen(
+                        [sys.executable or "python3", "-c", _CHILD], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(wire, listener),
+                        start_new_session=True)
+                except (OSError, ValueError) as exc:
+                    raise SSHError(f"cannot start the node hop's process ({sys.executable}): {exc}",
+                                   hint=f"{ENV}=0 runs it in this process") from exc
+                self._child = child = _Child(proc, self._say)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(True)
+        self._pump.carry(ours, chan)
+        return child, wire, listener
+
+    def _let_go(self, chan: Upstream, login: SSHRemote) -> None:
+        """A start that failed: its channel closed, and a login made for it once stop() came."""
+        with contextlib.suppress(*RETRYABLE):
+            chan.close()
+        if self._stopped.is_set() and self._close_logins and login is not self._own_login:
+            with contextlib.suppress(*RETRYABLE):
+                login.close()
 
     def _supervise(self) -> None:
-        """Start the child again whenever it ends, until stop()."""
+        """Once the child has ended, start another when a browser connects (as the in-process
+        route reconnects on the next connection: no login, and no prompt, while no tab asks),
+        until stop()."""
         while True:
             with self._lock:
                 child = self._child
             if child is not None:
                 child.ended.wait()
-            if self._stopped.is_set():
+            if not self._browser_waits():
                 return
             login = self._upstream.connection
             login_lost = login is None or not login.is_alive()
             if not login_lost:  # else ReconnectingUpstream says it, and the reconnect
                 self.notify(f"connection to {self.target.node} lost, reconnecting")
             attempt = 0
-            while not self._stopped.is_set():
+            while True:
                 attempt += 1
                 try:
                     self._start_child()
@@ -261,37 +321,47 @@ class NodeHopTunnel:
                         return
                     self.notify(f"cannot open the tunnel's far end: {exc}")
                     self._refuse_one()
+                    if not self._browser_waits():
+                        return
                     continue
                 if not login_lost:
                     self.notify(f"reconnected after {attempt} attempt{'s' if attempt > 1 else ''}")
                 break
 
-    def _refuse_one(self) -> None:
-        """Wait for a browser connection (or stop()) and close it: it asks again, and so do we."""
-        listener = self._listener
+    def _browser_waits(self) -> bool:
+        """Wait until a browser connection waits in the listener's queue (True), or stop() (False)."""
+        with self._lock:
+            listener = None if self._stopped.is_set() else self._listener
         if listener is None:
-            return
+            return False
         poller = select.poll()  # not select(): a keeper may hold more than FD_SETSIZE descriptors
         try:
             poller.register(listener, select.POLLIN)
         except (OSError, ValueError):  # closed by stop()
-            return
+            return False
         while not self._stopped.is_set():
-            if poller.poll(500):
+            for _, event in poller.poll(500):
+                return not (event & select.POLLNVAL) and not self._stopped.is_set()
+        return False
+
+    def _refuse_one(self) -> None:
+        """Close the waiting browser connection whose far end could not be made: it asks again."""
+        with self._lock:
+            listener = None if self._stopped.is_set() else self._listener
+            if listener is not None:
                 with contextlib.suppress(OSError):
                     listener.accept()[0].close()
-                return
 
     def stop(self) -> None:
         """Stop listening, end the child and every connection."""
-        self._stopped.set()
         with self._lock:
+            self._stopped.set()
             child, self._child = self._child, None
+            if self._listener is not None:
+                self._listener.close()
         if child is not None:
             child.stop()
         self._pump.stop()
-        if self._listener is not None:
-            self._listener.close()
 
     def login(self) -> SSHRemote | None:
         """The live login connection (to read the job's files over), None while reconnecting."""
