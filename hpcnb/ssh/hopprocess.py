@@ -6,11 +6,12 @@ direct-tcpip channel on the login, carried to one end of a socket pair by the lo
 child (hpcnb.ssh.hopchild) logs in to the node over the other end and serves the listener bound
 here, so the port never changes. Why two processes: hopchild's docstring.
 
-When the child's session ends (the login dropped, the node's sshd went away), a new channel is
-opened (on a new login if the old one is dead, with ReconnectingUpstream's backoff and notices) and
-a new child started on the same listener: browsers wait in its queue meanwhile. When that fails,
-each browser connection that comes is told by a close, and tries again, as the in-process route
-does (hpcnb.ssh.openers).
+When the child's session ends (the login dropped, the node's sshd went away), the next browser
+connection waits in the listener's queue while a new channel is opened (on a new login if the old
+one is dead, with ReconnectingUpstream's backoff and notices) and a new child started on the same
+listener, which then serves it: as the in-process route (hpcnb.ssh.openers) reconnects on the next
+connection, with no login (and no prompt) while no tab asks. When that fails, that connection is
+closed, and the next one tries again.
 """
 
 from __future__ import annotations
