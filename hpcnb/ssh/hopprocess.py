@@ -114,7 +114,8 @@ class _Child:
         self.ended = threading.Event()
         self._stderr: deque[str] = deque(maxlen=3)
         threading.Thread(target=self._read, name="node-hop-child", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name="node-hop-stderr", daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, name="node-hop-stderr", daemon=True)
+        self._stderr_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -151,6 +152,8 @@ class _Child:
     def why(self) -> str:
         """What a child that did not start said last, and its exit status."""
         status = self.proc.poll()
+        if status is not None:
+            self._stderr_reader.join(1.0)  # its last lines, read to the end
         said = f": {self._stderr[-1]}" if self._stderr else ""
         return f" (exit status {status}{said})" if status is not None else said
 

@@ -21,6 +21,7 @@ from sshd_fixture import Sshd
 from test_ssh_loopback import BLOB_SHA, _Handler, _HttpServer, http_get, login
 
 from hpcnb.errors import HostKeyError, SSHError
+from hpcnb.ssh import hopprocess
 from hpcnb.ssh.hopprocess import NodeHopTunnel
 from hpcnb.ssh.openers import Target
 
@@ -263,6 +264,7 @@ def test_the_child_ends_with_its_parent(sshd: Sshd, web: int, tmp_path: Path) ->
 import sys, threading
 sys.path.insert(0, {str(Path(__file__).parents[2])!r})
 from hpcnb.ssh import SSHRemote
+from hpcnb.ssh import hopprocess
 from hpcnb.ssh.hopprocess import NodeHopTunnel
 from hpcnb.ssh.openers import Target
 first = SSHRemote.connect("127.0.0.1", {sshd.port}, {sshd.user!r}, {str(sshd.client_key)!r},
@@ -282,3 +284,13 @@ threading.Event().wait()
         parent.kill()
         parent.wait()
     assert gone(pid), "the node hop's process outlived its parent"
+
+
+def test_a_child_that_cannot_start_says_why(sshd: Sshd, web: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = "import sys; sys.stderr.write('ModuleNotFoundError: paramiko\\n'); sys.exit(3)"
+    monkeypatch.setattr(hopprocess, "_CHILD", broken)
+    tunnel = hop_tunnel(sshd, web, [])
+    with pytest.raises(SSHError) as raised:
+        tunnel.start()
+    assert "did not start (exit status 3: ModuleNotFoundError: paramiko)" in str(raised.value)
+    assert hopprocess.ENV in str(raised.value)  # the way around it
