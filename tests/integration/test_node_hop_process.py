@@ -44,6 +44,28 @@ def hop_tunnel(sshd: Sshd, port: int, messages: list[str], node: str = "127.0.0.
                          **kwargs)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def serving(sshd: Sshd, port: int) -> Iterator[tuple[NodeHopTunnel, int, list[str]]]:
+    """A started, served node hop tunnel to the node's loopback `port`, stopped at the end; its
+    local port and the notices it gave."""
+    messages: list[str] = []
+    tunnel = hop_tunnel(sshd, port, messages)
+    local = tunnel.start()
+    tunnel.serve_in_thread()
+    try:
+        yield tunnel, local, messages
+    finally:
+        tunnel.stop()
+        tunnel.close()
+
+
+def dead_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return int(closed.getsockname()[1])
+
+
 def child_pid(tunnel: NodeHopTunnel) -> int:
     child = tunnel._child
     assert child is not None
@@ -75,13 +97,21 @@ def gone(pid: int, within: float = 5.0) -> bool:
     return False
 
 
+def answers_again(port: int, path: str, messages: list[str]) -> None:
+    """GET path until it answers (a browser's retries), at most 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert http_get(port, path) == f"hello {path}".encode()
+            return
+        except (OSError, AssertionError):
+            assert time.monotonic() < deadline, messages
+            time.sleep(0.1)
+
+
 def test_the_node_hop_in_its_own_process_serves_connections_and_ends_with_stop(sshd: Sshd, web: int) -> None:
-    messages: list[str] = []
-    tunnel = hop_tunnel(sshd, web, messages)
-    port = tunnel.start()
-    tunnel.serve_in_thread()
-    pid = child_pid(tunnel)
-    try:
+    with serving(sshd, web) as (tunnel, port, messages):
+        pid = child_pid(tunnel)
         assert pid != os.getpid()
         with ThreadPoolExecutor(16) as pool:
             blob = pool.submit(http_get, port, "/blob")
@@ -89,9 +119,6 @@ def test_the_node_hop_in_its_own_process_serves_connections_and_ends_with_stop(s
             assert hashlib.sha256(blob.result()).hexdigest() == BLOB_SHA
         assert small == [f"hello /r{i}".encode() for i in range(200)]
         assert tunnel.login() is not None
-    finally:
-        tunnel.stop()
-        tunnel.close()
     assert gone(pid), "the node hop's process outlived stop()"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -110,11 +137,7 @@ def test_an_unknown_node_host_key_is_the_callers_error_and_leaves_no_process(ssh
 
 
 def test_a_node_hop_that_ends_is_made_again_on_the_same_port(sshd: Sshd, web: int) -> None:
-    messages: list[str] = []
-    tunnel = hop_tunnel(sshd, web, messages)
-    port = tunnel.start()
-    tunnel.serve_in_thread()
-    try:
+    with serving(sshd, web) as (tunnel, port, messages):
         assert http_get(port, "/before") == b"hello /before"
         first = child_pid(tunnel)
         os.kill(first, signal.SIGKILL)
@@ -124,69 +147,40 @@ def test_a_node_hop_that_ends_is_made_again_on_the_same_port(sshd: Sshd, web: in
         assert child_pid(tunnel) != first
         assert "connection to 127.0.0.2 lost, reconnecting" in messages
         assert "reconnected after 1 attempt" in messages
-    finally:
-        tunnel.stop()
-        tunnel.close()
 
 
 def test_a_lost_login_is_made_again_and_so_is_the_hop(sshd: Sshd, web: int) -> None:
-    messages: list[str] = []
-    tunnel = hop_tunnel(sshd, web, messages)
-    port = tunnel.start()
-    tunnel.serve_in_thread()
-    try:
+    with serving(sshd, web) as (tunnel, port, messages):
         assert http_get(port, "/before") == b"hello /before"
         first_login, first_child = tunnel.login(), child_pid(tunnel)
         assert first_login is not None
         assert sshd.kill_connections(), "no sshd connection process to kill"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert http_get(port, "/after") == b"hello /after"
-                break
-            except (OSError, AssertionError):
-                assert time.monotonic() < deadline, messages
-                time.sleep(0.1)
+        answers_again(port, "/after", messages)
         assert tunnel.login() is not first_login
         assert gone(first_child)
         assert "connection lost, reconnecting" in messages, messages
-    finally:
-        tunnel.stop()
-        tunnel.close()
 
 
 def test_a_far_end_that_refuses_is_said_by_the_child(sshd: Sshd) -> None:
-    messages: list[str] = []
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        dead_port = closed.getsockname()[1]
-    tunnel = hop_tunnel(sshd, dead_port, messages)
-    port = tunnel.start()
-    tunnel.serve_in_thread()
-    try:
+    dead = dead_port()
+    with serving(sshd, dead) as (tunnel, port, messages):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as browser:
             browser.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             with contextlib.suppress(ConnectionResetError):  # closed with the request unread: a reset
                 assert browser.recv(1) == b""  # closed, no answer
         deadline = time.monotonic() + 5
         # Said by the child's tunnel, through the node's sshd, and relayed
-        while not any(m.startswith("cannot open the tunnel's far end") and f"port {dead_port}" in m
+        while not any(m.startswith("cannot open the tunnel's far end") and f"port {dead}" in m
                       for m in messages):
             assert time.monotonic() < deadline, messages
             time.sleep(0.05)
         assert tunnel.login() is not None and child_pid(tunnel)  # the hop itself lives on
-    finally:
-        tunnel.stop()
-        tunnel.close()
 
 
 def test_ssh_error_names_the_node_when_its_sshd_cannot_be_reached(sshd: Sshd, web: int) -> None:
     first = login(sshd)
     target = Target("node-ssh", None, web, None, "127.0.0.2", node_aliases=("127.0.0.1",))
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        dead = closed.getsockname()[1]
-    tunnel = NodeHopTunnel(target, first, lambda: first, sshd_port=dead)
+    tunnel = NodeHopTunnel(target, first, lambda: first, sshd_port=dead_port())
     with pytest.raises(SSHError) as raised:
         tunnel.start()
     assert "127.0.0.2" in str(raised.value)
@@ -194,14 +188,8 @@ def test_ssh_error_names_the_node_when_its_sshd_cannot_be_reached(sshd: Sshd, we
 
 
 def test_while_the_node_is_unreachable_each_browser_is_closed_then_served_again(sshd: Sshd, web: int) -> None:
-    messages: list[str] = []
-    tunnel = hop_tunnel(sshd, web, messages)
-    port = tunnel.start()
-    tunnel.serve_in_thread()
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        dead = closed.getsockname()[1]
-    try:
+    dead = dead_port()
+    with serving(sshd, web) as (tunnel, port, messages):
         tunnel.sshd_port = dead  # the node's sshd is gone: its port refuses
         first = child_pid(tunnel)
         os.kill(first, signal.SIGKILL)
@@ -213,18 +201,8 @@ def test_while_the_node_is_unreachable_each_browser_is_closed_then_served_again(
         assert "connection to 127.0.0.2 lost, reconnecting" in messages
         assert any(m.startswith("cannot open the tunnel's far end") and str(dead) in m for m in messages)
         tunnel.sshd_port = sshd.port  # back: the next browser connection makes the hop again
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert http_get(port, "/back") == b"hello /back"
-                break
-            except (OSError, AssertionError):
-                assert time.monotonic() < deadline, messages
-                time.sleep(0.1)
+        answers_again(port, "/back", messages)
         assert messages[-1].startswith("reconnected after "), messages  # one attempt per browser refused
-    finally:
-        tunnel.stop()
-        tunnel.close()
 
 
 def test_stop_while_the_login_is_made_again_leaves_no_child_no_login_and_no_traceback(
